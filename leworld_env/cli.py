@@ -1,0 +1,244 @@
+"""The ``leworld`` command line.
+
+Every sub-command has ``--help``. Mistakes in the input (a bad value, a file
+that exists or is corrupt) are printed as one line on stderr and exit with
+code 2; Ctrl-C exits with 130 and leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from world_models.errors import LeWorldError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``leworld collect: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------ collect
+def add_collect(sub: argparse._SubParsersAction) -> None:
+    from leworld_env.policies import POLICIES
+
+    p = sub.add_parser(
+        "collect",
+        help="record real PushT episodes into a Minari dataset",
+        description=(
+            "Drive real PushT (gym-pusht physics) with a scripted policy and write a Minari dataset: per "
+            "physics step the frame, the relative action, agent position and velocity, block pose and "
+            "coverage. The same seed gives the same data, whatever --workers."
+        ),
+    )
+    p.add_argument("--policy", default="weak-expert", help=f"one of: {', '.join(sorted(POLICIES))}")
+    p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default 100)")
+    p.add_argument("--image-size", type=positive_int, default=96, help="frame side in pixels: 64, 96 or 224")
+    p.add_argument("--frameskip", type=positive_int, default=5, help="physics steps each action is held (5)")
+    p.add_argument("--action-scale", type=float, default=100.0, help="pixels per unit of action (100)")
+    p.add_argument("--max-steps", type=positive_int, default=300, help="physics steps per episode at most (300)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--jpeg", action="store_true", help="JPEG-encode frames (smaller, lossy)")
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_collect)
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from leworld_env.collect import CollectConfig, collect
+
+    config = CollectConfig(
+        policy=args.policy,
+        episodes=args.episodes,
+        image_size=args.image_size,
+        frameskip=args.frameskip,
+        action_scale=args.action_scale,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        jpeg=args.jpeg,
+    )
+    out = collect(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+    from world_models.data import load_dataset_info
+
+    info = load_dataset_info(out)
+    print(f"wrote {info.total_episodes} episodes, {info.total_steps} physics steps to {out}")
+    return 0
+
+
+# -------------------------------------------------------------------- bench
+BENCH_TARGETS = {
+    "data": None,
+    "kernels": "the numba kernels issue",
+    "env": "the environments issue",
+    "device": "the hardware backend issue",
+}
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks, each against a reference measured in the same run",
+        description=(
+            "data: gym-pusht pixel and state steps/s next to LeWorld's simulator with frames; frame drawing "
+            "against gym-pusht's; dataset reading and clip sampling against a memory copy. "
+            "kernels, env, device: arrive with later issues."
+        ),
+    )
+    p.add_argument("target", choices=sorted(BENCH_TARGETS), help="what to measure")
+    p.add_argument("--dataset", type=Path, help="dataset to read (data; default: collect a small one)")
+    p.add_argument("--image-size", type=positive_int, default=64, help="frame side for data (64)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="clips per batch (256)")
+    p.add_argument("--history", type=positive_int, default=3, help="context model steps (3)")
+    p.add_argument("--num-preds", type=positive_int, default=1, help="predicted model steps (1)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    pending = BENCH_TARGETS[args.target]
+    if pending is not None:
+        raise LeWorldError(f"`leworld bench {args.target}` is not available yet: it arrives with {pending}")
+    from leworld_env.bench import bench_data, print_table, write_json
+
+    rows = bench_data(args.dataset, args.image_size, args.batch_size, args.history, args.num_preds)
+    print_table(rows)
+    if args.json:
+        write_json(rows, args.json)
+    return 0
+
+
+# ------------------------------------------------- sub-commands to come
+def add_pending(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    issue: str,
+    arguments: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    p = sub.add_parser(name, help=f"{help_text} (not available yet)", description=f"{help_text}. Arrives with {issue}.")
+    arguments(p)
+
+    def run(args: argparse.Namespace) -> int:
+        raise LeWorldError(f"`leworld {name}` is not available yet in this version: it arrives with {issue}")
+
+    p.set_defaults(run=run)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, help="dataset folder from leworld collect")
+    p.add_argument("--preset", default="tiny", help="model preset: tiny, slim variants, baseline")
+    p.add_argument("--world-model", default="lewm", choices=["lewm", "leworld"], help="LeWM or LeWorld memory")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps")
+    p.add_argument("--out", type=Path, help="run folder (checkpoints, TensorBoard)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder or shipped name")
+    p.add_argument("--data", type=Path, help="dataset folder")
+
+
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder or shipped name")
+    p.add_argument("--mode", choices=["full", "q4-pred", "wanda20-q4", "wanda40-q4", "ternary"])
+    p.add_argument("--out", type=Path, help="output .lq40 file")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", help="cem, icem, mppi, or an SB3 .zip")
+    p.add_argument("--env", choices=["real", "dream"], default="real")
+    p.add_argument("--protocol", choices=["lewm", "pusht"], default="lewm")
+    p.add_argument("--episodes", type=positive_int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write results here")
+
+
+def _train_agent_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--algo", choices=["ppo", "sac", "her-sac"], default="ppo")
+    p.add_argument("--timesteps", type=positive_int)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _play_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--headless", action="store_true", help="no window; draw to --record")
+    p.add_argument("--agent", help="keyboard, cem, an SB3 .zip, or replay")
+    p.add_argument("--steps", type=positive_int)
+    p.add_argument("--record", type=Path, help="out.gif or out.mp4")
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=["emulate"], help="serve the serial protocol")
+    p.add_argument("--kind", choices=["esp32", "fpga"])
+    p.add_argument("--pty", action="store_true", help="serve on a pseudo-terminal")
+    p.add_argument("--tcp", type=positive_int, metavar="PORT", help="serve on a TCP port")
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--episodes", type=positive_int, default=3)
+    p.add_argument("--out", type=Path, help="where the GIF goes")
+
+
+PENDING = [
+    ("train", "train a world model on a collected dataset", "the world-model issue", _train_args),
+    ("probe", "fit the latent-to-state probe of a trained model", "the world-model issue", _probe_args),
+    ("quantize", "quantize a model to an .lq40 file", "the numba kernels issue", _quantize_args),
+    ("eval", "evaluate a planner or an SB3 policy on real or dreamed PushT", "the agents issue", _eval_args),
+    ("train-agent", "train an SB3 agent in imagination", "the agents issue", _train_agent_args),
+    ("play", "pygame playback of real vs imagined rollouts", "the playback issue", _play_args),
+    ("device", "ESP32 / FPGA emulators and serial tools", "the hardware backend issue", _device_args),
+    ("demo", "plan real PushT episodes with the shipped model", "the playback issue", _demo_args),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from leworld_env.collect import package_version
+
+    parser = OneLineParser(
+        prog="leworld",
+        description="LeWorld: a learned world model of PushT as Gymnasium environments.",
+    )
+    parser.add_argument("--version", action="version", version=f"leworld {package_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    add_collect(sub)
+    add_bench(sub)
+    for name, help_text, issue, arguments in PENDING:
+        add_pending(sub, name, help_text, issue, arguments)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except LeWorldError as err:
+        print(f"leworld {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"leworld {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

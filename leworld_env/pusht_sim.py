@@ -1,0 +1,258 @@
+"""Real PushT: gym-pusht's physics with LeWorld's conventions on top.
+
+This module wraps ``gym_pusht.envs.PushTEnv`` (it never forks its physics) and
+adds what a world-model pipeline needs:
+
+* reset to an exact physical state (agent xy, block xy, block angle, and
+  optionally the agent's velocity);
+* the full state, agent velocity included;
+* relative actions: ``a`` in [-1, 1]^2 sets the absolute PD target
+  ``agent_xy + a * action_scale`` (LeWM's convention, 100 px by default),
+  clipped to the 512x512 world and held for ``frameskip`` physics steps;
+* frames drawn straight at 64, 96 or 224 px by :func:`numba_kernels.render_pusht`;
+* gym-pusht's coverage and the LeWM success test.
+
+Vocabulary: a *physics step* is one call of gym-pusht's ``step`` (0.1 s of
+simulated time, ten 0.01 s pymunk sub-steps); a *model step* is ``frameskip``
+physics steps under one held action.
+
+gym-pusht quirks worked around here (see docs/pusht.md):
+
+* ``reset(options={"reset_to_state": s})`` sets the block's position *before*
+  its angle, and pymunk rotates a body about its centre of gravity, which for
+  the tee sits 45 px from the body origin. The block therefore lands away from
+  the requested pose whenever the angle is not 0. We pass a compensated
+  position so the block's origin ends exactly where it was asked to be.
+* With ``render_mode="human"``, pixel observations are ``None`` (``_render``
+  draws to the window and returns nothing). We never ask gym-pusht for pixels:
+  frames come from our own renderer whatever the render mode.
+* gym-pusht's coverage (shapely/GEOS polygon overlay) differs in the last bit
+  between processes for the same pose, which would make "same seed, same data"
+  false. We compute the same quantity exactly with
+  :func:`numba_kernels.tee_coverage` (agreement ~1e-14, tested), which also
+  works after ``reset``, where gym-pusht reports none.
+* gym-pusht's action space is [0, 512]^2 but nothing enforces it: an absolute
+  target outside the world drives the agent into the walls. Our relative
+  actions clip the target to the world.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from gym_pusht.envs import PushTEnv
+
+from numba_kernels.pusht_geometry import tee_coverage
+from numba_kernels.pusht_raster import GOAL_POSE, WORLD_SIZE, render_pusht
+
+DEFAULT_ACTION_SCALE = 100.0
+DEFAULT_FRAMESKIP = 5
+IMAGE_SIZES = (64, 96, 224)
+SUCCESS_COVERAGE = 0.95  # gym-pusht's threshold
+LEWM_POSITION_TOLERANCE = 20.0  # px
+LEWM_ANGLE_TOLERANCE = math.pi / 9.0
+# Vector from the tee's body origin to its centre of gravity, in body coordinates
+# (gym-pusht's ``add_tee``: the mean of the bar's and the stem's centroids).
+TEE_CENTER_OF_GRAVITY = np.array([0.0, 45.0])
+
+
+@dataclass(frozen=True)
+class PushTState:
+    """The physical state of a PushT scene.
+
+    Attributes:
+        agent_pos: agent (x, y), world pixels.
+        agent_vel: agent velocity (vx, vy), pixels per second.
+        block_pose: block body origin (x, y) and angle in radians, angle wrapped to [0, 2 pi).
+    """
+
+    agent_pos: np.ndarray
+    agent_vel: np.ndarray
+    block_pose: np.ndarray
+
+    def vector(self) -> np.ndarray:
+        """(agent_x, agent_y, block_x, block_y, block_angle), gym-pusht's state observation."""
+        return np.concatenate([self.agent_pos, self.block_pose])
+
+
+def wrap_angle(angle: np.ndarray | float) -> np.ndarray | float:
+    """Wrap an angle to [0, 2 pi), the convention of gym-pusht's state observation."""
+    return np.mod(angle, 2.0 * np.pi)
+
+
+def angle_difference(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
+    """Smallest absolute difference between two angles, in [0, pi]."""
+    d = np.mod(np.asarray(a) - np.asarray(b), 2.0 * np.pi)
+    return np.minimum(d, 2.0 * np.pi - d)
+
+
+def lewm_success(block_pose: np.ndarray, goal_block_pose: np.ndarray) -> np.ndarray:
+    """LeWM's success test: block position error < 20 px and angle error < pi/9.
+
+    Works on single poses (3,) or batches (..., 3).
+    """
+    block_pose = np.asarray(block_pose, dtype=np.float64)
+    goal_block_pose = np.asarray(goal_block_pose, dtype=np.float64)
+    position_error = np.linalg.norm(block_pose[..., :2] - goal_block_pose[..., :2], axis=-1)
+    angle_error = angle_difference(block_pose[..., 2], goal_block_pose[..., 2])
+    return (position_error < LEWM_POSITION_TOLERANCE) & (angle_error < LEWM_ANGLE_TOLERANCE)
+
+
+def legacy_reset_position(block_xy: np.ndarray, angle: float) -> np.ndarray:
+    """The position to pass to gym-pusht's ``reset_to_state`` so that the block's
+    origin ends at ``block_xy``.
+
+    gym-pusht sets the position first (at angle 0, so the centre of gravity lands
+    at ``p + cog``), then the angle, which pymunk applies about the centre of
+    gravity; the origin ends at ``p + cog - R(angle) cog``. Solving for ``p``.
+    """
+    c, s = math.cos(angle), math.sin(angle)
+    rotated_cog = np.array(
+        [
+            c * TEE_CENTER_OF_GRAVITY[0] - s * TEE_CENTER_OF_GRAVITY[1],
+            s * TEE_CENTER_OF_GRAVITY[0] + c * TEE_CENTER_OF_GRAVITY[1],
+        ]
+    )
+    return np.asarray(block_xy, dtype=np.float64) - TEE_CENTER_OF_GRAVITY + rotated_cog
+
+
+class PushTSim:
+    """gym-pusht physics driven by relative, held actions, with fast frames.
+
+    Args:
+        image_size: side of the frames returned by :meth:`frame`, in pixels (any
+            size >= 8; 64, 96 and 224 are the ones the models use).
+        frameskip: physics steps per model step (an action is held that long).
+        action_scale: pixels per unit of relative action.
+        draw_goal: draw gym-pusht's goal tee into frames, as gym-pusht does.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 96,
+        frameskip: int = DEFAULT_FRAMESKIP,
+        action_scale: float = DEFAULT_ACTION_SCALE,
+        draw_goal: bool = True,
+    ) -> None:
+        if int(image_size) < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        if int(frameskip) < 1:
+            raise ValueError(f"frameskip must be >= 1 physics step, got {frameskip}")
+        if not action_scale > 0:
+            raise ValueError(f"action_scale must be > 0 pixels, got {action_scale}")
+        self.image_size = int(image_size)
+        self.frameskip = int(frameskip)
+        self.action_scale = float(action_scale)
+        self.draw_goal = draw_goal
+        # The raw env, unwrapped: no TimeLimit, no order enforcing, no pixel rendering.
+        self.env = PushTEnv(obs_type="state", render_mode="rgb_array")
+        self.last_contacts = 0
+        self._frame_buffer = np.empty((1, self.image_size, self.image_size, 3), dtype=np.uint8)
+
+    # ----------------------------------------------------------------- state
+    @property
+    def goal_pose(self) -> np.ndarray:
+        """gym-pusht's fixed goal pose of the block (x, y, angle)."""
+        return np.array(GOAL_POSE)
+
+    @property
+    def agent_pos(self) -> np.ndarray:
+        return np.array(self.env.agent.position, dtype=np.float64)
+
+    @property
+    def agent_vel(self) -> np.ndarray:
+        return np.array(self.env.agent.velocity, dtype=np.float64)
+
+    @property
+    def block_pose(self) -> np.ndarray:
+        block = self.env.block
+        return np.array([block.position[0], block.position[1], wrap_angle(block.angle)], dtype=np.float64)
+
+    def state(self) -> PushTState:
+        """The full physical state now."""
+        return PushTState(self.agent_pos, self.agent_vel, self.block_pose)
+
+    def coverage(self) -> float:
+        """Fraction of the goal tee's area covered by the block (gym-pusht's reward basis),
+        computed exactly and deterministically by :func:`numba_kernels.tee_coverage`."""
+        return tee_coverage(self.block_pose)
+
+    def agent_block_gap(self) -> float:
+        """Distance in pixels between the agent's disc and the block (0 or less: touching)."""
+        agent = self.env.agent.position
+        distance = min(shape.point_query(agent).distance for shape in self.env._block_shapes)
+        return float(distance - self.env.agent.shapes.copy().pop().radius)
+
+    def is_success(self) -> bool:
+        """gym-pusht's success: coverage above 0.95."""
+        return self.coverage() > SUCCESS_COVERAGE
+
+    # ----------------------------------------------------------------- reset
+    def reset(
+        self,
+        seed: int | None = None,
+        state: np.ndarray | None = None,
+    ) -> PushTState:
+        """Start a new episode.
+
+        Args:
+            seed: seeds gym-pusht's ``np_random`` (used for random starts).
+            state: ``(agent_x, agent_y, block_x, block_y, block_angle)`` to start
+                from, optionally followed by the agent's velocity ``(vx, vy)``.
+                ``None`` draws gym-pusht's own random start.
+
+        Returns:
+            The state after gym-pusht's settling sub-step (equal to ``state``
+            unless the requested bodies overlap and push each other apart).
+        """
+        if state is None:
+            self.env.reset(seed=seed)
+        else:
+            state = np.asarray(state, dtype=np.float64)
+            if state.shape not in ((5,), (7,)) or not np.all(np.isfinite(state)):
+                raise ValueError(
+                    "state must be 5 finite numbers (agent_x, agent_y, block_x, block_y, block_angle), "
+                    f"optionally followed by the agent velocity (vx, vy); got {state!r}"
+                )
+            legacy = np.concatenate([state[:2], legacy_reset_position(state[2:4], float(state[4])), state[4:5]])
+            self.env.reset(seed=seed, options={"reset_to_state": legacy})
+            if state.shape == (7,):
+                self.env.agent.velocity = (float(state[5]), float(state[6]))
+        self.last_contacts = 0
+        return self.state()
+
+    # ------------------------------------------------------------------ step
+    def target_for(self, action: np.ndarray) -> np.ndarray:
+        """The absolute PD target of a relative action from the agent's position now."""
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (2,):
+            raise ValueError(f"a relative action has shape (2,), got {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action must be finite, got {action!r}")
+        action = np.clip(action, -1.0, 1.0)
+        return np.clip(self.agent_pos + action * self.action_scale, 0.0, WORLD_SIZE)
+
+    def physics_step(self, target: np.ndarray) -> None:
+        """One gym-pusht physics step towards an absolute target (x, y) in pixels."""
+        self.env.step(np.asarray(target, dtype=np.float64))
+        self.last_contacts = int(self.env.n_contact_points)
+
+    def step(self, action: np.ndarray) -> PushTState:
+        """One model step: hold the relative action's target for ``frameskip`` physics steps."""
+        target = self.target_for(action)
+        for _ in range(self.frameskip):
+            self.physics_step(target)
+        return self.state()
+
+    # ---------------------------------------------------------------- frames
+    def frame(self, size: int | None = None) -> np.ndarray:
+        """The scene now as uint8 RGB (size, size, 3); ``image_size`` by default."""
+        size = self.image_size if size is None else int(size)
+        out = self._frame_buffer if size == self.image_size else None
+        frame = render_pusht(self.agent_pos[None], self.block_pose[None], size, draw_goal=self.draw_goal, out=out)
+        return frame[0].copy()
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,43 @@
+"""The ``leworld`` command: help everywhere, honest placeholders, a benchmark that runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from leworld_env.cli import PENDING, main
+from tests.conftest import run_cli
+from tests.test_collect import assert_one_line_error
+
+COMMANDS = ["collect", "train", "probe", "quantize", "eval", "train-agent", "play", "bench", "device", "demo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_sub_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"leworld {command}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [name for name, *_ in PENDING])
+def test_commands_to_come_say_so_and_exit_2(command, capsys):
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert "not available yet" in err and err.count("\n") == 1
+
+
+def test_unknown_command_is_one_line():
+    assert_one_line_error(run_cli("colect"), "invalid choice")
+
+
+def test_bench_data_reports_ratios(short_dataset, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "data", "--dataset", str(short_dataset), "--batch-size", "32", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(out.read_text())}
+    assert rows["gym-pusht step, 96px pixels"]["value"] > 0
+    clip_row = next(r for name, r in rows.items() if name.startswith("sample clips (L=4"))
+    assert clip_row["value"] > 0 and clip_row["ratio"] > 0
+    assert "x gym-pusht drawing" in result.stdout
