@@ -197,11 +197,12 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise LeWorldError(f"{out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise LeWorldError(f"{out} exists and is not a folder")
-    parent = out.parent
-    if not parent.exists():
-        raise LeWorldError(f"cannot write {out}: the folder {parent} does not exist")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise LeWorldError(f"cannot write {out}: {parent} is not a writable folder")
+    # Missing parent folders are created (like mkdir -p); the nearest existing one must be writable.
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise LeWorldError(f"cannot write {out}: {existing} is not a writable folder")
 
 
 def collect(
@@ -233,6 +234,7 @@ def collect(
 
     partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         partial.mkdir()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

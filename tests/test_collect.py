@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import minari
@@ -149,9 +150,24 @@ def test_unwritable_output(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     result = run_cli("collect", "--episodes", "1", "--max-steps", "10", "--out", str(blocker / "ds"))
+    assert_one_line_error(result, "cannot write", str(blocker), "not a writable folder")
+    result = run_cli("collect", "--episodes", "1", "--max-steps", "10", "--out", str(blocker / "deeper" / "ds"))
     assert_one_line_error(result, "cannot write", str(blocker))
-    result = run_cli("collect", "--episodes", "1", "--max-steps", "10", "--out", str(tmp_path / "no" / "ds"))
-    assert_one_line_error(result, "does not exist")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through folder permissions")
+def test_read_only_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = run_cli("collect", "--episodes", "1", "--max-steps", "10", "--out", str(locked / "ds"))
+    assert_one_line_error(result, "cannot write", "not a writable folder")
+
+
+def test_missing_parent_folders_are_created(tmp_path):
+    out = tmp_path / "new" / "nested" / "ds"
+    result = run_cli("collect", "--episodes", "1", "--max-steps", "10", "--image-size", "64", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert load_dataset_info(out).total_episodes == 1
 
 
 def test_existing_dataset_needs_overwrite(tmp_path):
