@@ -87,6 +87,7 @@ def run_collect(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------- bench
 BENCH_TARGETS = {
     "data": None,
+    "train": None,
     "kernels": "the numba kernels issue",
     "env": "the environments issue",
     "device": "the hardware backend issue",
@@ -100,15 +101,17 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         description=(
             "data: gym-pusht pixel and state steps/s next to LeWorld's simulator with frames; frame drawing "
             "against gym-pusht's; dataset reading and clip sampling against a memory copy. "
+            "train: training clips/s of a preset next to inference encoding (and the loader, with --dataset). "
             "kernels, env, device: arrive with later issues."
         ),
     )
     p.add_argument("target", choices=sorted(BENCH_TARGETS), help="what to measure")
     p.add_argument("--dataset", type=Path, help="dataset to read (data; default: collect a small one)")
     p.add_argument("--image-size", type=positive_int, default=64, help="frame side for data (64)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="clips per batch (256)")
+    p.add_argument("--batch-size", type=positive_int, help="clips per batch (data: 256, train: 128)")
     p.add_argument("--history", type=positive_int, default=3, help="context model steps (3)")
     p.add_argument("--num-preds", type=positive_int, default=1, help="predicted model steps (1)")
+    p.add_argument("--preset", default="tiny", help="model preset for train (tiny)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.set_defaults(run=run_bench)
 
@@ -117,9 +120,12 @@ def run_bench(args: argparse.Namespace) -> int:
     pending = BENCH_TARGETS[args.target]
     if pending is not None:
         raise LeWorldError(f"`leworld bench {args.target}` is not available yet: it arrives with {pending}")
-    from leworld_env.bench import bench_data, print_table, write_json
+    from leworld_env.bench import bench_data, bench_train, print_table, write_json
 
-    rows = bench_data(args.dataset, args.image_size, args.batch_size, args.history, args.num_preds)
+    if args.target == "train":
+        rows = bench_train(args.preset, args.batch_size or 128, args.dataset)
+    else:
+        rows = bench_data(args.dataset, args.image_size, args.batch_size or 256, args.history, args.num_preds)
     print_table(rows)
     if args.json:
         write_json(rows, args.json)
@@ -143,19 +149,62 @@ def add_pending(
     p.set_defaults(run=run)
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, help="dataset folder from leworld collect")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny, slim variants, baseline")
-    p.add_argument("--world-model", default="lewm", choices=["lewm", "leworld"], help="LeWM or LeWorld memory")
-    p.add_argument("--steps", type=positive_int, help="optimizer steps")
-    p.add_argument("--out", type=Path, help="run folder (checkpoints, TensorBoard)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--seed", type=int, default=0)
+# -------------------------------------------------------------------- train
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from world_models.train import add_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="train a LeWM world model on a collected dataset",
+        description=(
+            "Train a LeWM JEPA (ViT encoder, adaLN-zero predictor, SIGReg) on a leworld collect dataset; "
+            "TensorBoard logs in OUT/tb, resumable checkpoints in OUT/checkpoint.pt (Ctrl-C saves), the "
+            "model with its state probe in OUT/model. Several processes: torchrun --nproc_per_node=N "
+            "-m world_models.train with the same options."
+        ),
+    )
+    add_arguments(p)
+    p.set_defaults(run=run_train)
 
 
-def _probe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model folder or shipped name")
-    p.add_argument("--data", type=Path, help="dataset folder")
+def run_train(args: argparse.Namespace) -> int:
+    from world_models.train import config_from_args, train
+
+    train(config_from_args(args), resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+# -------------------------------------------------------------------- probe
+def add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="fit the latent-to-state probe of a model and report R^2",
+        description=(
+            "Fit a small MLP from the model's frozen latents to the physical state (agent xy, block xy, "
+            "sin/cos of the angle) on a dataset's training episodes, report R^2 per field on its held-out "
+            "episodes, and store the probe in the model folder (leworld train does this at the end)."
+        ),
+    )
+    p.add_argument("--model", required=True, type=Path, help="model folder")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder from leworld collect")
+    p.add_argument("--steps", type=positive_int, default=1500, help="optimizer steps (1500)")
+    p.add_argument("--frames", type=positive_int, default=4000, help="frames per split at most (4000)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of episodes (0.1)")
+    p.add_argument("--dry-run", action="store_true", help="report R^2 without writing the probe")
+    p.set_defaults(run=run_probe)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from world_models.io import load_model, save_model
+    from world_models.probe import fit_dataset_probe
+
+    model, _, _ = load_model(args.model)
+    probe, r2, info = fit_dataset_probe(model, str(args.data), args.val_fraction, args.frames, args.steps)
+    print("probe R^2 on held-out episodes: " + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()))
+    if not args.dry_run:
+        save_model(args.model, model, probe, info)
+        print(f"probe written to {args.model}")
+    return 0
 
 
 def _quantize_args(p: argparse.ArgumentParser) -> None:
@@ -199,8 +248,6 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 PENDING = [
-    ("train", "train a world model on a collected dataset", "the world-model issue", _train_args),
-    ("probe", "fit the latent-to-state probe of a trained model", "the world-model issue", _probe_args),
     ("quantize", "quantize a model to an .lq40 file", "the numba kernels issue", _quantize_args),
     ("eval", "evaluate a planner or an SB3 policy on real or dreamed PushT", "the agents issue", _eval_args),
     ("train-agent", "train an SB3 agent in imagination", "the agents issue", _train_agent_args),
@@ -221,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
     add_collect(sub)
+    add_train(sub)
+    add_probe(sub)
     add_bench(sub)
     for name, help_text, issue, arguments in PENDING:
         add_pending(sub, name, help_text, issue, arguments)

@@ -41,3 +41,13 @@ def test_bench_data_reports_ratios(short_dataset, tmp_path):
     clip_row = next(r for name, r in rows.items() if name.startswith("sample clips (L=4"))
     assert clip_row["value"] > 0 and clip_row["ratio"] > 0
     assert "x gym-pusht drawing" in result.stdout
+
+
+def test_bench_train_reports_throughput(tmp_path):
+    out = tmp_path / "train.json"
+    result = run_cli("bench", "train", "--batch-size", "8", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(out.read_text())}
+    train_row = next(r for name, r in rows.items() if name.startswith("train step, tiny"))
+    assert train_row["unit"] == "clips/s" and train_row["value"] > 0
+    assert rows["encode (no grad), frames"]["ratio"] > 0
