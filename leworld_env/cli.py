@@ -190,16 +190,27 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=1500, help="optimizer steps (1500)")
     p.add_argument("--frames", type=positive_int, default=4000, help="frames per split at most (4000)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of episodes (0.1)")
+    p.add_argument("--hidden", type=positive_int, default=256, help="probe hidden width (256)")
     p.add_argument("--dry-run", action="store_true", help="report R^2 without writing the probe")
     p.set_defaults(run=run_probe)
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    from world_models.data import load_dataset_info
     from world_models.io import load_model, save_model
     from world_models.probe import fit_dataset_probe
 
+    if not 0.0 < args.val_fraction < 1.0:
+        raise LeWorldError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     model, _, _ = load_model(args.model)
-    probe, r2, info = fit_dataset_probe(model, str(args.data), args.val_fraction, args.frames, args.steps)
+    data = load_dataset_info(args.data)
+    if data.image_size != model.cfg.image_size:
+        raise LeWorldError(
+            f"{args.data}: frames are {data.image_size}px but the model {args.model} takes {model.cfg.image_size}px"
+        )
+    probe, r2, info = fit_dataset_probe(
+        model, str(args.data), args.val_fraction, args.frames, args.steps, hidden=args.hidden
+    )
     print("probe R^2 on held-out episodes: " + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()))
     if not args.dry_run:
         save_model(args.model, model, probe, info)

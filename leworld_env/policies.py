@@ -42,15 +42,23 @@ class RandomPolicy:
 class WeakExpertPolicy:
     """Approach the block from behind, then push through it, with noise.
 
+    Distances are measured from the tee's centre of gravity, whose farthest
+    point is ~77 px away; the agent aims ``STANDOFF`` px behind it (outside the
+    tee with the agent's 15 px radius), clipped to the area the agent can reach.
+    An approach that has not arrived after ``max_approach`` model steps (a block
+    against a wall, say) is abandoned for a new push.
+
     Args:
         action_scale: pixels per unit of relative action (the simulator's).
         goal_xy: where most pushes head (gym-pusht's goal position).
         goal_bias: probability that a push heads for the goal rather than a random direction.
         noise: standard deviation of the Gaussian noise added to every action.
         push_steps: (min, max) model steps a push lasts before a new contact point is chosen.
+        max_approach: model steps an approach may take before a new push is planned.
     """
 
-    STANDOFF = 75.0  # px from the block origin where the approach aims (outside the tee)
+    STANDOFF = 95.0
+    REACHABLE = (25.0, 487.0)  # agent centres the walls allow
 
     def __init__(
         self,
@@ -59,56 +67,65 @@ class WeakExpertPolicy:
         goal_bias: float = 0.7,
         noise: float = 0.15,
         push_steps: tuple[int, int] = (3, 8),
+        max_approach: int = 12,
     ) -> None:
         self.action_scale = action_scale
         self.goal_xy = np.asarray(goal_xy, dtype=np.float64)
         self.goal_bias = goal_bias
         self.noise = noise
         self.push_steps = push_steps
+        self.max_approach = max_approach
 
     def reset(self, rng: np.random.Generator) -> None:
         self.rng = rng
-        self.phase = "approach"
-        self.push_left = 0
+        self.phase = "plan"
+        self.steps_left = 0
         self.direction = np.array([1.0, 0.0])
         self.offset = 0.0
-        self._need_plan = True
 
-    def _plan_push(self, block_xy: np.ndarray) -> None:
+    @staticmethod
+    def center_of_gravity(block_pose: np.ndarray) -> np.ndarray:
+        x, y, angle = block_pose
+        return np.array([x - 45.0 * math.sin(angle), y + 45.0 * math.cos(angle)])
+
+    def _plan_push(self, center: np.ndarray) -> None:
         """Choose a push direction and an off-centre contact offset."""
         if self.rng.random() < self.goal_bias:
-            to_goal = self.goal_xy - block_xy
+            to_goal = self.goal_xy - center
             angle = math.atan2(to_goal[1], to_goal[0]) + self.rng.normal(0.0, 0.4)
         else:
             angle = self.rng.uniform(-math.pi, math.pi)
         self.direction = np.array([math.cos(angle), math.sin(angle)])
         self.offset = self.rng.uniform(-40.0, 40.0)  # off-centre pushes turn the block
         self.phase = "approach"
-        self._need_plan = False
+        self.steps_left = self.max_approach
 
     def __call__(self, state: PushTState) -> np.ndarray:
-        block_xy = state.block_pose[:2]
-        if self._need_plan:
-            self._plan_push(block_xy)
+        center = self.center_of_gravity(state.block_pose)
+        if self.phase == "plan":
+            self._plan_push(center)
         normal = np.array([-self.direction[1], self.direction[0]])
         if self.phase == "approach":
-            contact = block_xy - self.direction * self.STANDOFF + normal * self.offset
-            from_block = state.agent_pos - block_xy
+            self.steps_left -= 1
+            contact = np.clip(center - self.direction * self.STANDOFF + normal * self.offset, *self.REACHABLE)
+            from_block = state.agent_pos - center
             if np.dot(from_block, self.direction) > -0.5 * self.STANDOFF:
                 # On the wrong side: walk around the block, not through it.
                 side = 1.0 if np.dot(from_block, normal) >= 0.0 else -1.0
-                waypoint = block_xy + normal * side * 1.4 * self.STANDOFF - self.direction * 0.5 * self.STANDOFF
-                action = (waypoint - state.agent_pos) / self.action_scale
+                waypoint = center + normal * side * 1.3 * self.STANDOFF - self.direction * 0.5 * self.STANDOFF
+                action = (np.clip(waypoint, *self.REACHABLE) - state.agent_pos) / self.action_scale
             else:
                 action = (contact - state.agent_pos) / self.action_scale
                 if np.linalg.norm(contact - state.agent_pos) < 15.0:
                     self.phase = "push"
-                    self.push_left = int(self.rng.integers(self.push_steps[0], self.push_steps[1] + 1))
+                    self.steps_left = int(self.rng.integers(self.push_steps[0], self.push_steps[1] + 1))
+            if self.phase == "approach" and self.steps_left <= 0:
+                self.phase = "plan"  # unreachable or too slow: plan another push next step
         if self.phase == "push":
             action = self.direction * self.rng.uniform(0.3, 0.8)
-            self.push_left -= 1
-            if self.push_left <= 0:
-                self._need_plan = True
+            self.steps_left -= 1
+            if self.steps_left <= 0:
+                self.phase = "plan"
         action = action + self.rng.normal(0.0, self.noise, size=2)
         return np.clip(action, -1.0, 1.0)
 

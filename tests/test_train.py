@@ -117,8 +117,15 @@ def test_resumed_run_equals_an_uninterrupted_one(short_dataset, tmp_path, monkey
         train(TrainConfig(out=str(tmp_path / "resumed"), **common), progress=False)
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 5
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    counted = {"n": 0}
+
+    def counting(*args, **kwargs):
+        counted["n"] += 1
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", counting)
     resumed = train(TrainConfig(out=str(tmp_path / "resumed"), **common), resume=True, progress=False)
+    assert counted["n"] == 3  # steps 6, 7 and 8: the run went on from its checkpoint
 
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     for name in a:
@@ -131,6 +138,52 @@ def test_schedule_warms_up_then_decays():
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(x >= y for x, y in itertools.pairwise(lrs[10:]))
     assert lrs[-1] == pytest.approx(1e-4, rel=0.05)
+
+
+def test_torchrun_two_processes_train_validate_and_save(short_dataset, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as free:  # a free loopback port for the process group's store
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            "-m",
+            "world_models.train",
+            "--data",
+            str(short_dataset),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--val-every",
+            "2",
+            "--probe-steps",
+            "10",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    wm = world_models.load(out / "model")
+    assert wm.config.history == 3
+    assert [e.step for e in events(out).Scalars("val/loss")] == [2, 4]
 
 
 def test_bad_training_input(short_dataset, tmp_path):
@@ -150,6 +203,8 @@ def test_bad_training_input(short_dataset, tmp_path):
         "1",
     )
     assert_one_line_error(result, "frames are 64px", "224")
+    result = run_cli("train", "--data", str(short_dataset), "--out", str(tmp_path / "r"), "--val-every", "0")
+    assert_one_line_error(result, "--val-every", "at least 1")
 
 
 def test_probe_command_reports_r2(tiny_run, short_dataset):

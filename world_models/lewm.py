@@ -21,6 +21,8 @@ process would on the same batch (torch's SyncBatchNorm needs a GPU).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -28,9 +30,24 @@ from torch import nn
 
 from world_models.config import ModelConfig
 
+_local_only = False
+
 
 def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True inside a process group of more than one, unless :func:`local_statistics` is active."""
+    return not _local_only and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextmanager
+def local_statistics():
+    """Within this block SIGReg and BatchNorm use this process's batch only (for evaluation
+    that one process runs alone, such as validation on rank 0)."""
+    global _local_only
+    previous, _local_only = _local_only, True
+    try:
+        yield
+    finally:
+        _local_only = previous
 
 
 def gather_global(x: torch.Tensor) -> torch.Tensor:
@@ -55,10 +72,10 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         mean = all_reduce(x.sum(0)) / count
         var = all_reduce(((x - mean) ** 2).sum(0)) / count
         with torch.no_grad():
-            m = self.momentum
+            self.num_batches_tracked += 1
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             self.running_mean.mul_(1 - m).add_(m * mean)
             self.running_var.mul_(1 - m).add_(m * var * count / (count - 1))
-            self.num_batches_tracked += 1
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
@@ -187,8 +204,9 @@ def sigreg(z: torch.Tensor, projections: int, knots: int, generator: torch.Gener
     """SIGReg: the Epps-Pulley statistic of random 1-D projections of ``z`` (N, D) against N(0, 1).
 
     For unit directions ``a``, compares the empirical characteristic function of
-    ``z @ a`` with exp(-t^2 / 2) on t in [0, 3], weighted by exp(-t^2 / 2)
-    (trapezoid rule), times N; averaged over directions. In a distributed run it
+    ``z @ a`` with exp(-t^2 / 2) on t in [-3, 3] (by symmetry: twice the
+    trapezoid rule on [0, 3]), weighted by exp(-t^2 / 2), times N; averaged
+    over directions. In a distributed run it
     is computed on the global batch (gathered with gradients), with the same
     directions in every process (pass generators seeded alike).
     """
@@ -198,8 +216,11 @@ def sigreg(z: torch.Tensor, projections: int, knots: int, generator: torch.Gener
     directions = directions / directions.norm(dim=0, keepdim=True)
     t = torch.linspace(0.0, 3.0, knots, dtype=z.dtype)
     target = torch.exp(-0.5 * t**2)
-    weights = torch.full((knots,), 3.0 / (knots - 1), dtype=z.dtype)
-    weights[0] = weights[-1] = 1.5 / (knots - 1)
+    # Trapezoid weights on [0, 3], doubled for the symmetric half [-3, 0] (LeJEPA's convention,
+    # which LeWM's lambda = 0.09 assumes).
+    dt = 3.0 / (knots - 1)
+    weights = torch.full((knots,), 2.0 * dt, dtype=z.dtype)
+    weights[0] = weights[-1] = dt
     x = (z @ directions).unsqueeze(-1) * t  # (N, M, K)
     error = (torch.cos(x).mean(0) - target) ** 2 + torch.sin(x).mean(0) ** 2
     return (error @ (weights * target)).mean() * n

@@ -112,6 +112,7 @@ def fit_dataset_probe(
     frames: int = 4000,
     steps: int = 1500,
     seed: int = 0,
+    hidden: int = 256,
 ) -> tuple[Probe, dict[str, float], dict]:
     """Fit a probe on a dataset's training episodes; R^2 per field on its validation episodes.
 
@@ -124,7 +125,7 @@ def fit_dataset_probe(
     val = PushTClips(data, history, 0, "val", val_fraction, seed=seed)
     z_train, s_train = encode_frames(model, train, frames)
     z_val, s_val = encode_frames(model, val, frames)
-    probe, r2 = fit_probe(z_train, s_train, z_val, s_val, steps=steps, seed=seed)
+    probe, r2 = fit_probe(z_train, s_train, z_val, s_val, steps=steps, hidden=hidden, seed=seed)
     info = {"r2_val": r2, "train_frames": len(z_train), "val_frames": len(z_val), "data": str(data)}
     return probe, r2, info
 

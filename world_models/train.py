@@ -39,7 +39,7 @@ from world_models.config import ModelConfig, preset
 from world_models.data import PushTClips, load_dataset_info
 from world_models.errors import LeWorldError
 from world_models.io import atomic_write_bytes, save_model
-from world_models.lewm import LeWM, count_parameters, init_weights, recalibrate_batchnorm
+from world_models.lewm import LeWM, count_parameters, init_weights, local_statistics, recalibrate_batchnorm
 from world_models.probe import apply_ridge, fit_dataset_probe, fit_ridge
 
 CHECKPOINT = "checkpoint.pt"
@@ -149,10 +149,11 @@ def image_strip(model: LeWM, train: PushTClips, val: PushTClips, rows: int = 4) 
     """Real frames (top) and frames drawn from the ridge-probed predicted state (bottom), per horizon."""
     model.eval()
     h = model.cfg.history
-    fit = train.sample(512)
+    rng = np.random.default_rng(0)  # its own draws: the training sampler's sequence stays untouched
+    fit = train.clip(train.starts[rng.integers(0, len(train.starts), 512)])
     z_fit = model.encode(torch.from_numpy(fit.pixels[:, 0]))
     weights = fit_ridge(z_fit, torch.from_numpy(fit.state[:, 0]))
-    batch = val.sample(rows)
+    batch = val.clip(val.starts[rng.integers(0, len(val.starts), rows)])
     px, act = torch.from_numpy(batch.pixels), torch.from_numpy(batch.actions)
     z = model.encode(px)
     pred = model.rollout(z[:, :h], act[:, :h], act[:, h:])
@@ -227,7 +228,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
         model_cfg,
         frameskip=data_info.frameskip,
         action_scale=data_info.action_scale,
-        extra={**model_cfg.extra, "dataset": str(cfg.data), "dataset_policy": data_info.policy},
+        extra={**model_cfg.extra, "preset": cfg.preset, "dataset": str(cfg.data), "dataset_policy": data_info.policy},
     )
 
     torch.manual_seed(cfg.seed)
@@ -258,7 +259,6 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
     rng_state = rng.bit_generator.state
     try:
         while step < cfg.steps:
-            rng_state = rng.bit_generator.state
             batch = train_clips.sample(cfg.batch_size)  # every process draws the global batch, keeps its part
             pixels = torch.from_numpy(batch.pixels[part])
             actions = torch.from_numpy(batch.actions[part])
@@ -270,6 +270,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             step += 1
+            rng_state = rng.bit_generator.state  # where step ``step + 1`` will draw from
             clips_done += cfg.batch_size
             bar.update(1)
             if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
@@ -282,11 +283,12 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
                 bar.set_postfix(loss=f"{out_step['loss'].item():.4f}")
                 tick, clips_done = now, 0
             if writer is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                validate(model, train_clips, val_clips, cfg, writer, step)
+                with local_statistics():
+                    validate(model, train_clips, val_clips, cfg, writer, step)
             if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                save_checkpoint(out, model, optimizer, step, rng.bit_generator.state)
+                save_checkpoint(out, model, optimizer, step, rng_state)
     except KeyboardInterrupt:
-        if rank == 0:  # the unfinished step is redone on resume, from the same batch
+        if rank == 0:  # an unfinished step is redone on resume, from the same batch
             save_checkpoint(out, model, optimizer, step, rng_state)
             print(f"\ninterrupted at step {step}; checkpoint saved, continue with --resume")
         raise
@@ -296,7 +298,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
             writer.flush()
     folder = out / "model"
     if rank == 0:
-        finish(model, cfg, folder, writer, train_clips)
+        with local_statistics():
+            finish(model, cfg, folder, writer, train_clips)
         writer.close()
     if dist.is_initialized():
         dist.barrier()
@@ -351,20 +354,38 @@ def finish(model: LeWM, cfg: TrainConfig, folder: Path, writer, train_clips: Pus
 
 
 # ------------------------------------------------------------------ command line
+def _whole(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    return _whole(text, 0)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(data="", out="")
     p.add_argument("--data", required=True, help="dataset folder from leworld collect")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, tb/, model/")
     p.add_argument("--preset", default=defaults.preset, help="tiny, slim_*, baseline (see world_models/config.py)")
     p.add_argument("--world-model", default="lewm", choices=["lewm", "leworld"], help="lewm (leworld: a later issue)")
-    p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch, in clips")
+    p.add_argument("--steps", type=_positive, default=defaults.steps)
+    p.add_argument("--batch-size", type=_positive, default=defaults.batch_size, help="global batch, in clips")
     p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--val-every", type=int, default=defaults.val_every)
-    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    p.add_argument("--probe-steps", type=int, default=defaults.probe_steps)
+    p.add_argument("--val-every", type=_positive, default=defaults.val_every)
+    p.add_argument("--checkpoint-every", type=_positive, default=defaults.checkpoint_every)
+    p.add_argument("--probe-steps", type=_positive, default=defaults.probe_steps)
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
+    p.add_argument("--threads", type=_non_negative, default=0, help="torch threads per process (0: default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -372,8 +393,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.world_model != "lewm":
         raise LeWorldError("--world-model leworld is not available yet: it arrives with the memory issue")
-    if args.steps < 1 or args.batch_size < 2:
-        raise LeWorldError(f"--steps must be >= 1 and --batch-size >= 2, got {args.steps} and {args.batch_size}")
+    if args.batch_size < 2:
+        raise LeWorldError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {args.batch_size}")
     preset(args.preset)  # an unknown name fails here, with the list
     return TrainConfig(
         data=str(args.data),

@@ -1,0 +1,54 @@
+"""The model that ships inside the package: loads offline, its probe reads the state, it beats copy-last.
+
+Checked on episodes collected fresh here, with a seed the training data never used.
+Thresholds: the model card measures position R^2 of 0.91-0.94 on 50 fresh episodes
+(3,050 frames) and 0.85-0.94 on the training data's held-out episodes. The test's
+12 fresh episodes of 200 steps (~490 frames) are a noisier sample: over five seeds
+(2026, 7, 8, 9, 10) the smallest position R^2 was 0.865-0.93. The test asks for 0.8:
+clearly useful, and below every measured value. The block angle is not tested: its
+R^2 is ~0.1-0.26 (the tiny model barely encodes it; see MODEL_CARD.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import world_models
+from leworld_env.collect import CollectConfig, collect
+from world_models.evaluate import open_loop_errors, probe_r2
+from world_models.runtime import DEFAULT_MODEL, SHIPPED_DIR
+
+R2_POSITION_MIN = 0.8  # agent and block x, y
+
+
+@pytest.fixture(scope="module")
+def fresh_episodes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fresh") / "ds"
+    config = CollectConfig(policy="weak-expert", episodes=12, image_size=64, max_steps=200, seed=2026)
+    return collect(config, out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return world_models.load()
+
+
+def test_default_model_ships_inside_the_package(shipped):
+    assert DEFAULT_MODEL in world_models.shipped_models()
+    assert shipped.path == SHIPPED_DIR / DEFAULT_MODEL
+    assert (shipped.path / "MODEL_CARD.md").is_file()
+    size = sum(p.stat().st_size for p in shipped.path.iterdir())
+    assert size < 8 * 2**20, f"shipped model is {size / 2**20:.1f} MiB"
+
+
+def test_probe_reads_the_state_of_fresh_episodes(shipped, fresh_episodes):
+    r2 = probe_r2(shipped, fresh_episodes)
+    positions = [r2[f] for f in ("agent_x", "agent_y", "block_x", "block_y")]
+    assert min(positions) > R2_POSITION_MIN, r2
+
+
+def test_open_loop_beats_copy_last_at_horizons_1_to_5(shipped, fresh_episodes):
+    errors = open_loop_errors(shipped, fresh_episodes, horizons=5)
+    assert errors["clips"] > 50
+    assert np.all(np.array(errors["rollout"]) < np.array(errors["copy_last"])), errors
