@@ -75,11 +75,14 @@ def test_two_processes_match_one(tmp_path):
     torch.testing.assert_close(losses[:, 1].mean(), single["prediction"].detach(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(losses[:, 0].mean(), single["loss"].detach(), rtol=1e-5, atol=1e-7)
     assert set(ranks[0]) == set(expected)
+    scale = max(float(g.abs().max()) for g in expected.values())
     for name, grad in expected.items():
         assert grad.abs().max() > 0, name
         # DDP left the same averaged gradient in both processes: the single-process one.
         torch.testing.assert_close(ranks[0][name], ranks[1][name])
-        torch.testing.assert_close(ranks[0][name], grad, rtol=1e-4, atol=1e-7)
+        # Summation order differs between one and two processes: allow float32 rounding relative to
+        # the gradients' scale (biases feeding BatchNorm have ~0 gradient, pure rounding noise).
+        torch.testing.assert_close(ranks[0][name], grad, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_sigreg_on_local_batches_would_differ():
