@@ -143,7 +143,7 @@ def test_unknown_policy(tmp_path):
 @pytest.mark.parametrize("episodes", ["0", "-3"])
 def test_episodes_must_be_positive(tmp_path, episodes):
     result = run_cli("collect", "--episodes", episodes, "--out", str(tmp_path / "x"))
-    assert_one_line_error(result, "--episodes", "positive")
+    assert_one_line_error(result, "--episodes", "at least 1", episodes)
 
 
 def test_unwritable_output(tmp_path):

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from numba_kernels.pusht_raster import render_pusht
+from world_models.argtypes import non_negative_int, positive_int
 from world_models.config import ModelConfig, preset
 from world_models.data import PushTClips, load_dataset_info
 from world_models.errors import LeWorldError
@@ -354,38 +355,20 @@ def finish(model: LeWM, cfg: TrainConfig, folder: Path, writer, train_clips: Pus
 
 
 # ------------------------------------------------------------------ command line
-def _whole(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    return _whole(text, 1)
-
-
-def _non_negative(text: str) -> int:
-    return _whole(text, 0)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(data="", out="")
     p.add_argument("--data", required=True, help="dataset folder from leworld collect")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, tb/, model/")
     p.add_argument("--preset", default=defaults.preset, help="tiny, slim_*, baseline (see world_models/config.py)")
     p.add_argument("--world-model", default="lewm", choices=["lewm", "leworld"], help="lewm (leworld: a later issue)")
-    p.add_argument("--steps", type=_positive, default=defaults.steps)
-    p.add_argument("--batch-size", type=_positive, default=defaults.batch_size, help="global batch, in clips")
+    p.add_argument("--steps", type=positive_int, default=defaults.steps)
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="global batch, in clips")
     p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--val-every", type=_positive, default=defaults.val_every)
-    p.add_argument("--checkpoint-every", type=_positive, default=defaults.checkpoint_every)
-    p.add_argument("--probe-steps", type=_positive, default=defaults.probe_steps)
+    p.add_argument("--val-every", type=positive_int, default=defaults.val_every)
+    p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every)
+    p.add_argument("--probe-steps", type=positive_int, default=defaults.probe_steps)
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--threads", type=_non_negative, default=0, help="torch threads per process (0: default)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per process (0: default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
