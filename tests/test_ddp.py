@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from world_models.config import preset
-from world_models.lewm import LeWM, init_weights
+from tests.test_lewm import SMALL, small_model
+from world_models.lewm import LeWM
 from world_models.train import local_slice, sigreg_generator, train_step, wrap_distributed
 
-CFG = dataclasses.replace(
-    preset("tiny"),
-    encoder_dim=32,
-    encoder_depth=1,
-    predictor_dim=32,
-    predictor_depth=1,
-    projector_hidden=64,
-    latent_dim=16,
-    sigreg_projections=32,
-)
+CFG = SMALL  # the small model of the model tests
 GLOBAL_BATCH = 8
 
 
 def make_model() -> LeWM:
-    torch.manual_seed(0)
-    model = LeWM(CFG)
-    init_weights(model)
+    model = small_model()
     # Non-zero adaLN gates, so the action path carries gradient too.
     for block in model.predictor.blocks:
         torch.nn.init.normal_(block.modulation[1].weight, std=0.02)
