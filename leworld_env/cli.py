@@ -79,7 +79,7 @@ def run_collect(args: argparse.Namespace) -> int:
 BENCH_TARGETS = {
     "data": None,
     "train": None,
-    "kernels": "the numba kernels issue",
+    "kernels": None,
     "env": "the environments issue",
     "device": "the hardware backend issue",
 }
@@ -93,7 +93,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
             "data: gym-pusht pixel and state steps/s next to LeWorld's simulator with frames; frame drawing "
             "against gym-pusht's; dataset reading and clip sampling against a memory copy. "
             "train: training clips/s of a preset next to inference encoding (and the loader, with --dataset). "
-            "kernels, env, device: arrive with later issues."
+            "kernels: Q4_0 matvec and matmul against a memory copy and float32 BLAS; numba-q4 and numba "
+            "predict and encode against the torch backend at batch 1, 16 and 256. "
+            "env, device: arrive with later issues."
         ),
     )
     p.add_argument("target", choices=sorted(BENCH_TARGETS), help="what to measure")
@@ -103,6 +105,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history", type=positive_int, default=3, help="context model steps (3)")
     p.add_argument("--num-preds", type=positive_int, default=1, help="predicted model steps (1)")
     p.add_argument("--preset", default="tiny", help="model preset for train (tiny)")
+    p.add_argument("--model", default="pusht-tiny", help="model for kernels (shipped name or folder)")
+    p.add_argument("--size", type=positive_int, default=4096, help="square matrix side for kernels (4096)")
+    p.add_argument("--quick", action="store_true", help="shorter timing windows (smoke runs)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.set_defaults(run=run_bench)
 
@@ -113,13 +118,78 @@ def run_bench(args: argparse.Namespace) -> int:
         raise LeWorldError(f"`leworld bench {args.target}` is not available yet: it arrives with {pending}")
     from leworld_env.bench import bench_data, bench_train, print_table, write_json
 
-    if args.target == "train":
+    if args.target == "kernels":
+        from leworld_env.bench_kernels import bench_kernels
+
+        rows = bench_kernels(args.model, args.size, args.quick)
+    elif args.target == "train":
         rows = bench_train(args.preset, args.batch_size or 128, args.dataset)
     else:
         rows = bench_data(args.dataset, args.image_size, args.batch_size or 256, args.history, args.num_preds)
     print_table(rows)
     if args.json:
         write_json(rows, args.json)
+    return 0
+
+
+# ----------------------------------------------------------------- quantize
+def add_quantize(sub: argparse._SubParsersAction) -> None:
+    from world_models.quantize import MODES
+
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a model to an .lq40 file",
+        description=(
+            "Quantize a model folder (or shipped model) to an .lq40 file and print its size, the compression "
+            "against float32, and the cosine similarity of encode and predict against the float32 model on "
+            "held-out data (the --data dataset's validation split; without --data, freshly collected "
+            "weak-expert episodes). Modes: full = INT8 encoder + Q4_0 predictor; q4-pred = Q4_0 predictor; "
+            "wanda20-q4 / wanda40-q4 = WANDA-pruned Q4_0 predictor (calibrated on --data); ternary = INT8 "
+            "encoder + ternary predictor."
+        ),
+    )
+    p.add_argument("--model", default="pusht-tiny", help="model folder or shipped name (pusht-tiny)")
+    p.add_argument("--mode", default="full", choices=list(MODES), help="quantization mode (full)")
+    p.add_argument("--out", required=True, type=Path, help="output .lq40 file")
+    p.add_argument("--data", type=Path, help="dataset for calibration and the held-out comparison")
+    p.add_argument("--clips", type=positive_int, default=256, help="held-out clips to compare on (256)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=run_quantize)
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import world_models
+    from world_models.quantize import agreement, held_out_clips, quantize_folder, report_lines
+    from world_models.runtime import resolve_model
+
+    if args.out.exists() and not args.overwrite:
+        raise LeWorldError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.out.suffix != ".lq40":
+        raise LeWorldError(f"--out {args.out}: the file name must end in .lq40")
+    folder = resolve_model(args.model)
+    reference = world_models.load(folder, backend="torch")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data
+        if data is None:
+            from leworld_env.collect import CollectConfig, collect
+
+            print("no --data: collecting 6 fresh weak-expert episodes (seed 2026) to compare on")
+            config = CollectConfig(
+                policy="weak-expert",
+                episodes=6,
+                image_size=reference.config.image_size,
+                frameskip=reference.config.frameskip,
+                action_scale=reference.config.action_scale,
+                max_steps=150,
+                seed=2026,
+            )
+            data = collect(config, Path(tmp) / "held-out", progress=False)
+        clips = held_out_clips(data, reference.config, clips=args.clips)
+    result = quantize_folder(folder, args.mode, args.out, calibration=clips)
+    scores = agreement(reference, world_models.load(result.path, backend="numba-q4"), *clips)
+    print("\n".join(report_lines(result, scores)))
     return 0
 
 
@@ -209,12 +279,6 @@ def run_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quantize_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model folder or shipped name")
-    p.add_argument("--mode", choices=["full", "q4-pred", "wanda20-q4", "wanda40-q4", "ternary"])
-    p.add_argument("--out", type=Path, help="output .lq40 file")
-
-
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", help="cem, icem, mppi, or an SB3 .zip")
     p.add_argument("--env", choices=["real", "dream"], default="real")
@@ -250,7 +314,6 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 PENDING = [
-    ("quantize", "quantize a model to an .lq40 file", "the numba kernels issue", _quantize_args),
     ("eval", "evaluate a planner or an SB3 policy on real or dreamed PushT", "the agents issue", _eval_args),
     ("train-agent", "train an SB3 agent in imagination", "the agents issue", _train_agent_args),
     ("play", "pygame playback of real vs imagined rollouts", "the playback issue", _play_args),
@@ -273,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_probe(sub)
     add_bench(sub)
+    add_quantize(sub)
     for name, help_text, issue, arguments in PENDING:
         add_pending(sub, name, help_text, issue, arguments)
     return parser

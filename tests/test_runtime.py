@@ -69,8 +69,9 @@ def test_config_that_does_not_fit_the_weights(model_dir):
         load_model(model_dir)
 
 
-def test_bad_runtime_inputs(model_dir):
-    wm = world_models.load(model_dir)
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_bad_runtime_inputs(model_dir, backend):
+    wm = world_models.load(model_dir, backend=backend)
     with pytest.raises(ValueError, match="uint8"):
         wm.encode(frames().astype(np.float32))
     with pytest.raises(ValueError, match=r"\[B, 64, 64, 3\]"):
@@ -89,10 +90,17 @@ def test_bad_runtime_inputs(model_dir):
         wm.probe(np.full((1, SMALL.latent_dim), np.inf, np.float32))
 
 
+def test_default_backend_is_numba_q4_with_an_lq40_else_numba(model_dir):
+    assert world_models.load(model_dir).backend == "numba"  # a freshly trained folder: no model.lq40
+    assert world_models.load().backend == "numba-q4"  # the shipped model carries one
+
+
 def test_unknown_names_and_backends(model_dir):
     with pytest.raises(LeWorldError, match=r"unknown backend 'cuda'.*numba-q4"):
         world_models.load(model_dir, backend="cuda")
     with pytest.raises(LeWorldError, match="not available yet"):
+        world_models.load(model_dir, backend="esp32")
+    with pytest.raises(LeWorldError, match=r"no model\.lq40 for backend 'numba-q4'; make one with leworld quantize"):
         world_models.load(model_dir, backend="numba-q4")
     with pytest.raises(LeWorldError, match="no model 'nope'"):
         world_models.load("nope")

@@ -36,9 +36,10 @@ def shipped():
 
 def test_default_model_ships_inside_the_package(shipped):
     assert DEFAULT_MODEL in world_models.shipped_models()
-    assert shipped.path == SHIPPED_DIR / DEFAULT_MODEL
-    assert (shipped.path / "MODEL_CARD.md").is_file()
-    size = sum(p.stat().st_size for p in shipped.path.iterdir())
+    assert shipped.path == SHIPPED_DIR / DEFAULT_MODEL / "model.lq40"
+    folder = shipped.path.parent
+    assert (folder / "MODEL_CARD.md").is_file()
+    size = sum(p.stat().st_size for p in folder.iterdir())
     assert size < 8 * 2**20, f"shipped model is {size / 2**20:.1f} MiB"
 
 
@@ -46,6 +47,21 @@ def test_probe_reads_the_state_of_fresh_episodes(shipped, fresh_episodes):
     r2 = probe_r2(shipped, fresh_episodes)
     positions = [r2[f] for f in ("agent_x", "agent_y", "block_x", "block_y")]
     assert min(positions) > R2_POSITION_MIN, r2
+
+
+def test_shipped_lq40_keeps_the_cosines_the_issue_asks_for(shipped, fresh_episodes):
+    """INT8 encoder + Q4_0 predictor (mode full) against the float32 torch model on fresh episodes.
+    Measured: encode 0.9975, predict 0.9993 (README); the issue asks >= 0.995 and >= 0.998."""
+    from world_models.lq40 import read_lq40
+    from world_models.quantize import agreement, held_out_clips
+
+    assert shipped.backend == "numba-q4"
+    header, _ = read_lq40(shipped.path)
+    assert header["quantization"]["mode"] == "full"
+    reference = world_models.load(backend="torch")
+    scores = agreement(reference, shipped, *held_out_clips(fresh_episodes, reference.config, clips=256))
+    assert scores["encode_cos"] >= 0.995, scores
+    assert scores["predict_cos"] >= 0.998, scores
 
 
 def test_open_loop_beats_copy_last_at_horizons_1_to_5(shipped, fresh_episodes):

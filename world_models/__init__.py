@@ -19,7 +19,8 @@ _LAZY = {
     "ModelConfig": "world_models.config",
     "preset": "world_models.config",
     "DEFAULT_MODEL": "world_models.runtime",
-    "TorchWorldModel": "world_models.runtime",
+    "TorchWorldModel": "world_models.torch_backend",
+    "WorldModel": "world_models.interface",
     "load": "world_models.runtime",
     "shipped_models": "world_models.runtime",
 }

@@ -65,15 +65,19 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        for f in dataclasses.fields(self):
+            if f.type == "int" and getattr(self, f.name) < 1:
+                problems.append(f"{f.name} must be >= 1, got {getattr(self, f.name)}")
+        if problems:
+            raise LeWorldError("invalid model config: " + "; ".join(problems))
         if self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for name in ("encoder", "predictor"):
             dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
             if dim % heads:
                 problems.append(f"{name}_dim {dim} is not divisible by {name}_heads {heads}")
-        for name in ("image_size", "patch_size", "latent_dim", "history", "frameskip", "action_dim"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.mlp_ratio > 0 and self.action_scale > 0):
+            problems.append(f"mlp_ratio and action_scale must be > 0, got {self.mlp_ratio}, {self.action_scale}")
         if problems:
             raise LeWorldError("invalid model config: " + "; ".join(problems))
 
@@ -107,7 +111,7 @@ class ModelConfig:
         return cls(**data)
 
     def save(self, folder: Path) -> None:
-        from world_models.io import atomic_write_bytes
+        from world_models.files import atomic_write_bytes
 
         atomic_write_bytes(folder / CONFIG_FILE, json.dumps(self.to_dict(), indent=2).encode())
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 PROBE_FIELDS = ("agent_x", "agent_y", "block_x", "block_y", "sin_angle", "cos_angle")
-WORLD = 512.0
+from world_models.interface import WORLD  # noqa: E402
 
 
 def state_to_targets(state: np.ndarray | torch.Tensor) -> torch.Tensor:

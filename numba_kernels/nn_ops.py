@@ -1,0 +1,140 @@
+"""The transformer ops LeWM needs, on float32 numpy arrays, in torch's definitions.
+
+Rows are the last axis (``[R, D]`` for R tokens of width D). Every function
+allocates its output and returns it. The kernels run on the calling thread
+(see :mod:`numba_kernels.linear` on sharing the cores with BLAS).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from numba_kernels.linear import activate
+
+EPS = 1e-5  # torch's LayerNorm / BatchNorm default
+
+
+@njit(cache=True, fastmath=True)
+def _layer_norm(x, weight, bias, shift, scale, eps, out):
+    d = x.shape[1]
+    affine = weight.shape[0] > 0
+    modulated = shift.shape[0] > 0
+    for r in range(x.shape[0]):
+        mean = np.float32(0.0)
+        for j in range(d):
+            mean += x[r, j]
+        mean /= d
+        var = np.float32(0.0)
+        for j in range(d):
+            var += (x[r, j] - mean) * (x[r, j] - mean)
+        inv = np.float32(1.0) / np.float32(math.sqrt(var / d + eps))
+        for j in range(d):
+            v = (x[r, j] - mean) * inv
+            if affine:
+                v = v * weight[j] + bias[j]
+            if modulated:
+                v = v * (np.float32(1.0) + scale[r, j]) + shift[r, j]
+            out[r, j] = v
+
+
+_NONE_1 = np.zeros(0, np.float32)
+_NONE_2 = np.zeros((0, 0), np.float32)
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+    """LayerNorm over the last axis of x [R, D] (affine when ``weight`` and ``bias`` are given)."""
+    out = np.empty_like(x)
+    w = _NONE_1 if weight is None else weight
+    b = _NONE_1 if bias is None else bias
+    _layer_norm(x, w, b, _NONE_2, _NONE_2, np.float32(EPS), out)
+    return out
+
+
+def modulated_layer_norm(x: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """adaLN: LayerNorm(x) * (1 + scale) + shift, per row (x, shift, scale [R, D], no affine)."""
+    out = np.empty_like(x)
+    _layer_norm(x, _NONE_1, _NONE_1, np.ascontiguousarray(shift), np.ascontiguousarray(scale), np.float32(EPS), out)
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def _batch_norm_act(x, mean, var, weight, bias, eps, act, out):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = (x[r, j] - mean[j]) / np.float32(math.sqrt(var[j] + eps)) * weight[j] + bias[j]
+            out[r, j] = activate(v, act)
+
+
+def batch_norm(
+    x: np.ndarray, mean: np.ndarray, var: np.ndarray, weight: np.ndarray, bias: np.ndarray, act: int = 0
+) -> np.ndarray:
+    """BatchNorm1d in eval mode (running statistics) on x [R, C], then an activation (see ``linear``)."""
+    out = np.empty_like(x)
+    _batch_norm_act(x, mean, var, weight, bias, np.float32(EPS), act, out)
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def _act(x, act, out):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[r, j] = activate(x[r, j], act)
+
+
+def apply_activation(x: np.ndarray, act: int) -> np.ndarray:
+    """act(x) elementwise on x [R, D]: 1 = GELU, 2 = SiLU."""
+    out = np.empty_like(x)
+    _act(x, act, out)
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def _attention(qkv, heads, causal, first_query, out):
+    b_size, t_len, three_d = qkv.shape
+    d = three_d // 3
+    hd = d // heads
+    scale = np.float32(1.0 / math.sqrt(hd))
+    for bh in range(b_size * heads):
+        b = bh // heads
+        h = bh % heads
+        qo, ko, vo = h * hd, d + h * hd, 2 * d + h * hd
+        weights = np.empty(t_len, np.float32)
+        for t in range(first_query, t_len):
+            last = t + 1 if causal else t_len
+            top = np.float32(-np.inf)
+            for s in range(last):
+                dot = np.float32(0.0)
+                for j in range(hd):
+                    dot += qkv[b, t, qo + j] * qkv[b, s, ko + j]
+                weights[s] = dot * scale
+                top = max(top, weights[s])
+            total = np.float32(0.0)
+            for s in range(last):
+                weights[s] = np.float32(math.exp(weights[s] - top))
+                total += weights[s]
+            for j in range(hd):
+                acc = np.float32(0.0)
+                for s in range(last):
+                    acc += weights[s] * qkv[b, s, vo + j]
+                out[b, t - first_query, h * hd + j] = acc / total
+
+
+def attention(qkv: np.ndarray, heads: int, causal: bool, first_query: int = 0) -> np.ndarray:
+    """Multi-head softmax attention from packed projections.
+
+    Args:
+        qkv: float32 [B, T, 3 * D]: queries, keys, values side by side (torch's ``qkv`` Linear).
+        heads: number of heads (D divisible by it).
+        causal: each query sees keys up to its own position.
+        first_query: outputs only for queries ``first_query..T-1`` (keys and values still cover all T).
+
+    Returns:
+        float32 [B, T - first_query, D].
+    """
+    b, t, three_d = qkv.shape
+    out = np.empty((b, t - first_query, three_d // 3), np.float32)
+    _attention(np.ascontiguousarray(qkv), heads, causal, first_query, out)
+    return out
