@@ -1,10 +1,37 @@
-"""LeWorld's Gymnasium side: real PushT glue, data collection, the ``leworld`` CLI.
+"""LeWorld's Gymnasium side: the environments, real PushT glue, data collection, the ``leworld`` CLI.
 
-The dream environment ``LeWorld-PushT-v0`` and its real twin register here once
-they exist (the environments issue); today this package holds the real PushT
-simulator wrapper :class:`PushTSim`, the scripted policies and the collector.
+Importing this package registers (Gymnasium 1.x loads no plugin entry points)::
+
+    LeWorld-PushT-v0        the dream: a learned world model steps the latent
+                            (also a vector_entry_point: gym.make_vec(..., vectorization_mode="vector_entry_point"))
+    LeWorld-PushT-Real-v0   the same spaces on gym-pusht physics
+
+``gym.make("leworld_env:LeWorld-PushT-v0")`` imports it on the way.
 """
 
-from leworld_env.pusht_sim import PushTSim, PushTState, lewm_success
+import gymnasium as gym
 
-__all__ = ["PushTSim", "PushTState", "lewm_success"]
+from leworld_env.pusht_sim import PushTSim, PushTState, lewm_success
+from leworld_env.task import DEFAULT_EPISODE_STEPS
+
+DREAM_ID = "LeWorld-PushT-v0"
+REAL_ID = "LeWorld-PushT-Real-v0"
+
+
+def _register() -> None:
+    if DREAM_ID not in gym.registry:
+        gym.register(
+            id=DREAM_ID,
+            entry_point="leworld_env.envs:LeWorldPushTEnv",
+            vector_entry_point="leworld_env.vector:LeWorldPushTVectorEnv",
+            max_episode_steps=DEFAULT_EPISODE_STEPS,
+        )
+    if REAL_ID not in gym.registry:
+        gym.register(
+            id=REAL_ID, entry_point="leworld_env.envs:LeWorldPushTRealEnv", max_episode_steps=DEFAULT_EPISODE_STEPS
+        )
+
+
+_register()
+
+__all__ = ["DREAM_ID", "REAL_ID", "PushTSim", "PushTState", "lewm_success"]

@@ -80,7 +80,7 @@ BENCH_TARGETS = {
     "data": None,
     "train": None,
     "kernels": None,
-    "env": "the environments issue",
+    "env": None,
     "device": "the hardware backend issue",
 }
 
@@ -95,7 +95,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
             "train: training clips/s of a preset next to inference encoding (and the loader, with --dataset). "
             "kernels: Q4_0 matvec and matmul against a memory copy and float32 BLAS; numba-q4 and numba "
             "predict and encode against the torch backend at batch 1, 16 and 256. "
-            "env, device: arrive with later issues."
+            "env: gym-pusht steps/s (pixels and state) next to LeWorld-PushT-v0 single and vector (16, 64, "
+            "256 envs) for each CPU backend, and the real twin. device: arrives with the hardware backend issue."
         ),
     )
     p.add_argument("target", choices=sorted(BENCH_TARGETS), help="what to measure")
@@ -105,7 +106,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history", type=positive_int, default=3, help="context model steps (3)")
     p.add_argument("--num-preds", type=positive_int, default=1, help="predicted model steps (1)")
     p.add_argument("--preset", default="tiny", help="model preset for train (tiny)")
-    p.add_argument("--model", default="pusht-tiny", help="model for kernels (shipped name or folder)")
+    p.add_argument("--model", default="pusht-tiny", help="model for kernels and env (shipped name or folder)")
     p.add_argument("--size", type=positive_int, default=4096, help="square matrix side for kernels (4096)")
     p.add_argument("--quick", action="store_true", help="shorter timing windows (smoke runs)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -122,6 +123,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from leworld_env.bench_kernels import bench_kernels
 
         rows = bench_kernels(args.model, args.size, args.quick)
+    elif args.target == "env":
+        from leworld_env.bench_env import bench_env
+
+        rows = bench_env(args.model, args.quick)
     elif args.target == "train":
         rows = bench_train(args.preset, args.batch_size or 128, args.dataset)
     else:

@@ -2,14 +2,17 @@
 
 Only weights are quantized; activations stay float32, as on the devices.
 
-* Few input rows (``M <= SMALL_BATCH``, e.g. one environment's 3 tokens): a fused numba kernel decodes each weight block as it reads
-  it and keeps 32 per-lane partial sums across a row's blocks (one horizontal
-  sum per output, not per block), so the quantized bytes are the only weight
-  traffic. Threads split the output rows when a layer is large enough to pay
-  for them.
-* Many input rows: the layer is decoded once into a float32 scratch matrix by
-  a numba kernel and multiplied with numpy's BLAS; decoding costs N*K against
-  M*N*K for the product. BLAS runs its own threads, so the kernels around it
+* Few input rows (``M <= SMALL_BATCH``, e.g. one environment's 3 tokens) in
+  a layer of at least ``STREAM_MIN_BYTES`` as float32: a fused numba kernel
+  decodes each weight block as it reads it and keeps 32 per-lane partial sums
+  across a row's blocks (one horizontal sum per output, not per block), so the
+  quantized bytes are the only weight traffic. Threads split the output rows
+  when a layer is large enough to pay for them. Smaller layers fit in cache
+  as float32, where streaming saves nothing: they take the path below.
+* Many input rows, or a small layer: the layer is decoded by a numba kernel into a float32
+  matrix, on its first batched call, and kept (a host holds the float copy of
+  the layers it runs this way; the streaming path never makes one); numpy's
+  BLAS multiplies with it. BLAS runs its own threads, so the kernels around it
   run on the calling thread: two thread pools spinning on the same cores
   slowed a batch-256 predict tenfold.
 
@@ -42,6 +45,7 @@ KINDS = ("f32", "q4_0", "q8_0", "i8", "t2")
 F32, Q4_0, Q8_0, I8, T2 = range(len(KINDS))
 NO_ACT, GELU, SILU = 0, 1, 2
 SMALL_BATCH = 4  # at most this many input rows use the fused kernel
+STREAM_MIN_BYTES = 1 << 20  # layers whose float32 weights are smaller run every batch size on BLAS
 PARALLEL_MIN_WEIGHTS = 1 << 20  # fused kernel: smaller layers run on the calling thread
 _INV_SQRT2 = np.float32(1.0 / math.sqrt(2.0))
 # erf(x) ~ x * P(x^2) / Q(x^2) on [-4, 4] (the rational approximation Eigen and XLA use for float32;
@@ -154,8 +158,10 @@ def _named(func, name: str):
     return copy
 
 
-_fused_serial = njit(cache=True, fastmath=True)(_named(_fused_impl, "_fused_serial"))
-_fused_parallel = njit(cache=True, fastmath=True, parallel=True)(_named(_fused_impl, "_fused_parallel"))
+_fused_serial = njit(cache=True, fastmath=True, error_model="numpy")(_named(_fused_impl, "_fused_serial"))
+_fused_parallel = njit(cache=True, fastmath=True, error_model="numpy", parallel=True)(
+    _named(_fused_impl, "_fused_parallel")
+)
 
 
 @njit(cache=True)
@@ -187,7 +193,7 @@ def _decode(kind, wb, scale, f16, out):
                 out[n, j] = scale[n] * TERNARY_DECODE[(wb[n, j >> 2] >> (2 * (j & 3))) & 3]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _bias_act(y, bias, act):
     for m in range(y.shape[0]):
         for n in range(y.shape[1]):
@@ -245,6 +251,10 @@ class QLinear:
         self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
         self.scale = np.ascontiguousarray(self.scale, dtype=np.float32)
         self._code = KINDS.index(self.kind)
+        self._decoded: np.ndarray | None = None  # float32 weights for the BLAS path, decoded once
+        # Small batches stream the quantized bytes through the fused kernel only where that saves
+        # memory traffic: a layer whose float32 copy fits in cache runs faster on BLAS.
+        self.stream_small_batches = self._code != F32 and 4 * n * k >= STREAM_MIN_BYTES
 
     @classmethod
     def from_float(cls, weight: np.ndarray, bias: np.ndarray | None, kind: str = "f32") -> QLinear:
@@ -284,7 +294,7 @@ class QLinear:
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"input must be [M, {self.in_features}], got {list(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._code != F32 and x.shape[0] <= SMALL_BATCH:
+        if self.stream_small_batches and x.shape[0] <= SMALL_BATCH:
             out = np.empty((x.shape[0], self.out_features), np.float32)
             args = (x, self._code, self.data, self.weight, self.scale, self.bias, act, F16_TO_F32, out)
             if self.in_features * self.out_features < PARALLEL_MIN_WEIGHTS:
@@ -292,6 +302,8 @@ class QLinear:
             else:
                 _fused_parallel(*args, min(self.out_features, 64))
             return out
-        out = x @ self.dequantized().T
+        if self._decoded is None:
+            self._decoded = self.dequantized()
+        out = x @ self._decoded.T
         _bias_act(out, self.bias, act)
         return out

@@ -17,7 +17,7 @@ from numba_kernels.linear import activate
 EPS = 1e-5  # torch's LayerNorm / BatchNorm default
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _layer_norm(x, weight, bias, shift, scale, eps, out):
     d = x.shape[1]
     affine = weight.shape[0] > 0
@@ -60,7 +60,7 @@ def modulated_layer_norm(x: np.ndarray, shift: np.ndarray, scale: np.ndarray) ->
     return out
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _batch_norm_act(x, mean, var, weight, bias, eps, act, out):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
@@ -77,7 +77,7 @@ def batch_norm(
     return out
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _act(x, act, out):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
@@ -91,7 +91,7 @@ def apply_activation(x: np.ndarray, act: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _attention(qkv, heads, causal, first_query, out):
     b_size, t_len, three_d = qkv.shape
     d = three_d // 3

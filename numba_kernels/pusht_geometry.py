@@ -91,6 +91,33 @@ def _coverage_batch(
         out[b] = covered / tee_area
 
 
+@njit(cache=True)
+def _coverage_pairs(block_pose: np.ndarray, goal_pose: np.ndarray, rects: np.ndarray, tee_area: float, out: np.ndarray):
+    # Serial on purpose: a pose costs ~1 us, and a parallel region per env step would leave
+    # numba's workers spinning against the model's kernels.
+    block = np.empty((4, 2))
+    goal = np.empty((4, 2))
+    for b in range(block_pose.shape[0]):
+        covered = 0.0
+        for j in range(2):
+            _rect_corners(rects[j], goal_pose[b, 0], goal_pose[b, 1], goal_pose[b, 2], goal)
+            for i in range(2):
+                _rect_corners(rects[i], block_pose[b, 0], block_pose[b, 1], block_pose[b, 2], block)
+                covered += _convex_intersection_area(block, goal)
+        out[b] = covered / tee_area
+
+
+def tee_coverage_pairs(block_pose: np.ndarray, goal_pose: np.ndarray) -> np.ndarray:
+    """Coverage of goal tee ``goal_pose[b]`` by block ``block_pose[b]``, for (B, 3) arrays of poses."""
+    blocks = np.ascontiguousarray(np.atleast_2d(block_pose), dtype=np.float64)
+    goals = np.ascontiguousarray(np.atleast_2d(goal_pose), dtype=np.float64)
+    if blocks.shape[1:] != (3,) or goals.shape != blocks.shape:
+        raise ValueError(f"tee_coverage_pairs: expected two (B, 3) arrays of poses, got {blocks.shape}, {goals.shape}")
+    out = np.empty(blocks.shape[0])
+    _coverage_pairs(blocks, goals, TEE_RECTS, TEE_AREA, out)
+    return out
+
+
 def tee_coverage(block_pose: np.ndarray, goal_pose: np.ndarray | None = None) -> np.ndarray | float:
     """Share of the goal tee's area covered by the block, for one pose (3,) or a batch (B, 3).
 

@@ -51,3 +51,15 @@ def test_bench_train_reports_throughput(tmp_path):
     train_row = next(r for name, r in rows.items() if name.startswith("train step, tiny"))
     assert train_row["unit"] == "clips/s" and train_row["value"] > 0
     assert rows["encode (no grad), frames"]["ratio"] > 0
+
+
+def test_bench_env_reports_steps_against_gym_pusht(tmp_path):
+    out = tmp_path / "env.json"
+    result = run_cli("bench", "env", "--quick", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(out.read_text())}
+    pixels = rows["gym-pusht, 96x96 pixels (physics steps)"]["value"]
+    vector = rows["LeWorld-PushT-v0 vector, 64 envs, numba-q4"]
+    assert pixels > 0 and vector["value"] > 0
+    assert vector["ratio"] == pytest.approx(vector["value"] / pixels)
+    assert "x gym-pusht pixels" in result.stdout

@@ -169,3 +169,19 @@ def test_exact_coverage_matches_gym_pusht():
     assert (theirs > 0.0).mean() > 0.5 and (theirs > 0.5).any()  # overlaps of all sizes were tested
     np.testing.assert_allclose(tee_coverage(poses), theirs, atol=1e-12)
     assert tee_coverage(poses[0]) == tee_coverage(poses)[0]
+
+
+def test_coverage_pairs_match_one_goal_at_a_time():
+    """The batched kernel the envs use (a goal per row) equals tee_coverage goal by goal."""
+    from numba_kernels.pusht_geometry import tee_coverage, tee_coverage_pairs
+
+    rng = np.random.default_rng(3)
+    goals = np.column_stack([rng.uniform(150, 360, (64, 2)), rng.uniform(0, 2 * np.pi, 64)])
+    blocks = goals + np.column_stack([rng.normal(0, 30, (64, 2)), rng.normal(0, 0.5, 64)])
+    pairs = tee_coverage_pairs(blocks, goals)
+    expected = np.array([tee_coverage(b, g) for b, g in zip(blocks, goals, strict=True)])
+    np.testing.assert_array_equal(pairs, expected)
+    assert 0.0 < pairs.min() < pairs.max() < 1.0
+    np.testing.assert_allclose(tee_coverage_pairs(goals, goals), 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="two \\(B, 3\\) arrays"):
+        tee_coverage_pairs(blocks, goals[:3])

@@ -103,10 +103,12 @@ def gelu(x):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rows", [1, 3, SMALL_BATCH + 1])
-def test_linear_matches_numpy_on_its_dequantized_weights(kind, rows):
+@pytest.mark.parametrize("stream", [True, False])
+def test_linear_matches_numpy_on_its_dequantized_weights(kind, rows, stream):
     rng = np.random.default_rng(rows)
     n, k = 48, 96
     layer = QLinear.from_float(rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal(n), kind)
+    layer.stream_small_batches = stream and kind != "f32"  # the fused kernel, as a large layer would use
     np.testing.assert_array_equal(layer.dequantized(), dequantized(layer))
     x = rng.standard_normal((rows, k)).astype(np.float32)
     pre = x.astype(np.float64) @ dequantized(layer).T.astype(np.float64) + layer.bias
@@ -119,6 +121,7 @@ def test_large_layers_take_the_threaded_kernel_and_agree():
     rng = np.random.default_rng(1)
     n, k = 1024, PARALLEL_MIN_WEIGHTS // 1024 + 32
     layer = QLinear.from_float(rng.standard_normal((n, k)).astype(np.float32), None, "q4_0")
+    assert layer.stream_small_batches
     x = rng.standard_normal((2, k)).astype(np.float32)
     np.testing.assert_allclose(layer(x, NO_ACT), x @ dequantized(layer).T, rtol=1e-3, atol=1e-3)
 
