@@ -15,17 +15,16 @@ from leworld_env.task import (
     ACTION_SPACE,
     RENDER_FPS,
     TaskSetup,
-    block_coverage,
     check_actions,
+    check_render_size,
     compute_reward_batch,
     draw_frames,
     draw_scene,
-    goal_reward,
+    goal_terms,
     goal_vectors,
     make_setup,
     observation_space,
     start_and_goal,
-    success,
 )
 from world_models.interface import WorldModel
 from world_models.runtime import DEFAULT_MODEL
@@ -43,6 +42,8 @@ ENV_ARGUMENTS = """
             the root-mean-square distance between the latent and the goal latent; ``"success"``:
             1.0 on success, else 0.0.
         frameskip: physics steps per env step, a multiple of the model's (default: the model's, 5).
+            Above it, the action is repeated for ``frameskip / model frameskip`` model steps, its
+            relative target taken afresh from the agent's position at each (as the model learned).
         history: latents stacked in ``observation`` (default 1).
         max_episode_steps: truncate after this many env steps. Through ``gym.make`` this is
             Gymnasium's own ``TimeLimit`` (default 60 env steps = gym-pusht's 300 physics steps).
@@ -76,8 +77,7 @@ class _PushTGoalEnv(gym.Env):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unknown render_mode {render_mode!r}; choose one of: rgb_array, human")
-        if isinstance(render_size, bool) or not isinstance(render_size, int) or render_size < 8:
-            raise ValueError(f"render_size must be a whole number of pixels >= 8, got {render_size!r}")
+        render_size = check_render_size(render_size)
         self.setup: TaskSetup = make_setup(model, backend, port, goal, reward, frameskip, history, max_episode_steps)
         self.world_model = self.setup.world_model
         self.observation_space = observation_space(self.setup.latent_dim, self.setup.history)
@@ -89,7 +89,8 @@ class _PushTGoalEnv(gym.Env):
     def compute_reward(self, achieved_goal: Any, desired_goal: Any, info: Any) -> np.ndarray | float:
         """The reward of goal vectors, one pair (a float) or a batch (an array); ``info`` is unused.
 
-        The step's reward is exactly this, so HER may relabel ``desired_goal``.
+        The step's reward is exactly this, so HER may relabel ``desired_goal``. Goal vectors are
+        (D + 4,) or batches (B, D + 4).
         """
         return compute_reward_batch(self.setup, achieved_goal, desired_goal)
 
@@ -121,7 +122,8 @@ class LeWorldPushTEnv(_PushTGoalEnv):
 
     ## Action space
     ``Box(-1, 1, (2,), float32)``: a relative move of the agent's PD target, times the
-    model's action scale (100 px), held for ``frameskip`` physics steps; out-of-range
+    model's action scale (100 px), held for one model step (the model's ``frameskip``
+    physics steps) and repeated for ``frameskip / model frameskip`` of them; out-of-range
     values are clipped to [-1, 1], NaN or inf raises ``ValueError``.
 
     ## Observation space
@@ -193,7 +195,8 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
 
     Spaces, reward and arguments are those of :class:`LeWorldPushTEnv`, so a policy trained
     in the dream runs here unchanged. The differences: a step holds the action's target
-    for ``frameskip`` gym-pusht physics steps and encodes the new frame with the same
+    for the model's frameskip of gym-pusht physics steps (repeated as in the dream when
+    ``frameskip`` is a multiple) and encodes the new frame with the same
     model and backend; ``achieved_goal``'s pose, the reward, ``is_success``, ``coverage``
     and ``state`` come from the simulator's exact state; ``info["probed_state"]`` is
     what the model's probe reads from the latent. Episodes start at rest from the same
@@ -203,7 +206,7 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         config = self.world_model.config
-        self.sim = PushTSim(config.image_size, self.setup.frameskip, config.action_scale)
+        self.sim = PushTSim(config.image_size, config.frameskip, config.action_scale)
         latent_dim = self.setup.latent_dim
         self._z = np.zeros((self.setup.history, latent_dim), np.float32)
         self._achieved = np.zeros(latent_dim + 4, np.float32)
@@ -230,18 +233,15 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         actions = check_actions(action, 1)
-        self.sim.step(actions[0])
+        for _ in range(self.setup.predicts_per_step):
+            self.sim.step(actions[0])
         z = self.world_model.encode(self.sim.frame()[None])[0]
         self._z = np.roll(self._z, -1, axis=0)
         self._z[-1] = z
         self._steps += 1
         self._observe(z)
-        reward = float(
-            goal_reward(
-                self._achieved[None], self._desired[None], self.setup.reward, self.setup.goal, self.setup.latent_dim
-            )[0]
-        )
-        terminated = bool(self._success())
+        reward = float(self._terms.reward(self.setup.reward)[0])
+        terminated = bool(self._terms.success[0])
         limit = self.setup.max_episode_steps
         truncated = limit is not None and self._steps >= limit and not terminated
         if self.render_mode == "human":
@@ -249,10 +249,9 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         return self._observation(), reward, terminated, truncated, self._info()
 
     def _observe(self, z: np.ndarray) -> None:
+        # Reward, success and coverage all come from the goal vectors, as compute_reward sees them.
         self._achieved = goal_vectors(z[None], self.sim.block_pose[None])[0]
-
-    def _success(self) -> bool:
-        return bool(success(self.sim.block_pose[None], self._goal_state[None, 2:5], self.setup.goal)[0])
+        self._terms = goal_terms(self._achieved[None], self._desired[None], self.setup.goal, self.setup.latent_dim)
 
     def _observation(self) -> dict[str, np.ndarray]:
         return {
@@ -262,12 +261,10 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         }
 
     def _info(self) -> dict[str, Any]:
-        state = self.sim.state().vector()
-        coverage = float(block_coverage(self.sim.block_pose[None], self._goal_state[None, 2:5])[0])
         return {
-            "is_success": self._success(),
-            "coverage": coverage,
-            "state": state,
+            "is_success": bool(self._terms.success[0]),
+            "coverage": float(self._terms.coverage[0]),
+            "state": self.sim.state().vector(),
             "goal_state": self._goal_state.copy(),
             "step": self._steps,
             "probed_state": self.world_model.probe(self._z[-1:])[0].astype(np.float64),

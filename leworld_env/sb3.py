@@ -76,6 +76,9 @@ class LeWorldSB3VecEnv(Batched, VecEnv):
                 infos[i]["terminal_observation"] = {key: value[k] for key, value in last.items()}
                 infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
             self.batch.reset(finished, self.rngs)
+            fresh = self._info_dicts()
+            for i in finished:  # as DummyVecEnv: the info of the episode that just began
+                self.reset_infos[i] = fresh[i]
         return self.batch.observation(), rewards.astype(np.float32), done, infos
 
     def _info_dicts(self) -> list[dict[str, Any]]:
@@ -92,12 +95,23 @@ class LeWorldSB3VecEnv(Batched, VecEnv):
         return [getattr(self, attr_name) for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        if list(self._get_indices(indices)) != list(range(self.num_envs)):
+            raise ValueError(
+                f"set_attr({attr_name!r}) for some envs only: the batched dream's envs share their "
+                "attributes; set it for all of them (indices=None)"
+            )
         setattr(self, attr_name, value)
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kwargs: Any) -> list:
-        if method_name == "compute_reward":  # what HerReplayBuffer calls, once for the whole batch
-            return [self.compute_reward(*method_args, **kwargs)]
-        return [getattr(self, method_name)(*method_args, **kwargs) for _ in self._get_indices(indices)]
+        """Only ``compute_reward`` (what HER calls; it is the same for every env and takes batches):
+        the envs of the batch are not separate objects whose methods could be called one by one."""
+        if method_name == "compute_reward":
+            result = self.compute_reward(*method_args, **kwargs)
+            return [result for _ in self._get_indices(indices)]
+        raise NotImplementedError(
+            f"env_method({method_name!r}) is not available on LeWorldSB3VecEnv: its envs share one batch; "
+            "only compute_reward is (use reset() / step() for the whole batch)"
+        )
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         return [False for _ in self._get_indices(indices)]

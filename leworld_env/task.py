@@ -173,6 +173,13 @@ def observation_space(latent_dim: int, history: int) -> spaces.Dict:
 ACTION_SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 
+def check_render_size(render_size: Any) -> int:
+    """A rendered frame's side: a whole number of pixels >= 8."""
+    if isinstance(render_size, bool) or not isinstance(render_size, (int, np.integer)) or render_size < 8:
+        raise ValueError(f"render_size must be a whole number of pixels >= 8, got {render_size!r}")
+    return int(render_size)
+
+
 def check_actions(actions: Any, batch: int) -> np.ndarray:
     """Actions as float32 (batch, 2), clipped to [-1, 1]; NaN or inf is a ``ValueError``."""
     array = np.asarray(actions, dtype=np.float32)

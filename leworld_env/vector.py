@@ -24,6 +24,7 @@ from leworld_env.task import (
     DEFAULT_EPISODE_STEPS,
     RENDER_FPS,
     check_actions,
+    check_render_size,
     compute_reward_batch,
     draw_scene,
     make_setup,
@@ -49,7 +50,7 @@ class Batched:
         self.world_model = self.setup.world_model
         self.batch = DreamBatch(self.setup, _positive_envs(num_envs))
         self.rngs: list[np.random.Generator | None] = [None] * self.batch.num_envs
-        self.render_size = render_size
+        self.render_size = check_render_size(render_size)
 
     def _seed(self, seeds: list[int | None]) -> None:
         for i, seed in enumerate(seeds):

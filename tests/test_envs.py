@@ -132,6 +132,18 @@ def test_out_of_range_actions_are_clipped_and_nan_rejected():
         a.step([0.1, 0.2, 0.3])
 
 
+def test_real_twin_repeats_the_action_like_the_dream():
+    """frameskip 10 = the action applied for two model steps, its target taken afresh at each."""
+    twin = LeWorldPushTRealEnv(frameskip=10)
+    _, info = twin.reset(seed=0, options={"bank_index": 7})
+    reference = PushTSim(image_size=64)
+    reference.reset(state=info["state"])
+    _, _, _, _, info = twin.step([1.0, -0.5])
+    reference.step([1.0, -0.5])
+    reference.step([1.0, -0.5])
+    np.testing.assert_array_equal(info["state"], reference.state().vector())
+
+
 def test_frameskip_is_whole_model_steps():
     single, double = LeWorldPushTEnv(), LeWorldPushTEnv(frameskip=10)
     single.reset(seed=2)
@@ -196,6 +208,25 @@ def test_render_draws_the_probed_state():
 def test_bad_arguments_name_the_valid_ones(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         LeWorldPushTEnv(**kwargs)
+
+
+def test_batched_envs_check_render_size_too():
+    from leworld_env.vector import LeWorldPushTVectorEnv
+
+    with pytest.raises(ValueError, match="render_size must be a whole number of pixels >= 8"):
+        LeWorldPushTVectorEnv(num_envs=2, render_size=3)
+
+
+def test_a_model_too_small_to_draw_for_is_refused():
+    from world_models.config import ModelConfig
+    from world_models.interface import WorldModel
+
+    class Stub(WorldModel):
+        backend = "stub"
+        config = ModelConfig(image_size=4, patch_size=4)
+
+    with pytest.raises(ValueError, match="image_size 4 is below the 8 px"):
+        LeWorldPushTEnv(model=Stub())
 
 
 def test_unknown_model_lists_shipped_ones():
@@ -279,15 +310,28 @@ def test_make_vec_matches_single_envs_under_the_same_seeds():
 
 
 def test_vector_env_autoresets_on_the_next_step():
-    vec = gym.make_vec(DREAM, num_envs=3, vectorization_mode="vector_entry_point", max_episode_steps=2)
-    vec.reset(seed=0)
-    vec.step(np.zeros((3, 2)))
-    _, _, _, truncated, _ = vec.step(np.zeros((3, 2)))
-    assert truncated.all()
-    obs, reward, terminated, truncated, infos = vec.step(np.ones((3, 2)))  # the reset step
+    """The step after an episode ends starts the next one: action ignored, reward 0, a fresh start
+    drawn from the env's own generator (as a single env's next reset() would)."""
+    runs = []
+    for reset_action in (0.0, 1.0):
+        vec = gym.make_vec(DREAM, num_envs=3, vectorization_mode="vector_entry_point", max_episode_steps=2)
+        vec.reset(seed=40)
+        vec.step(np.full((3, 2), 0.5))
+        _, _, _, truncated, _ = vec.step(np.full((3, 2), 0.5))
+        assert truncated.all()
+        runs.append(vec.step(np.full((3, 2), reset_action)))  # the reset step
+    (obs, reward, terminated, truncated, infos), (obs_other, *_) = runs
     assert not (terminated | truncated).any() and np.all(reward == 0)
     np.testing.assert_array_equal(infos["step"], 0)
-    np.testing.assert_array_equal(obs["observation"][:, :], obs["achieved_goal"][:, : vec.unwrapped.setup.latent_dim])
+    np.testing.assert_array_equal(obs["observation"], obs_other["observation"])  # the action was ignored
+    single = LeWorldPushTEnv(max_episode_steps=2)
+    for i in range(3):
+        single.reset(seed=40 + i)
+        single.step([0.5, 0.5])
+        single.step([0.5, 0.5])
+        fresh, fresh_info = single.reset()  # no seed: the same generator continues
+        np.testing.assert_allclose(obs["observation"][i], fresh["observation"], atol=1e-4)
+        np.testing.assert_array_equal(infos["goal_state"][i], fresh_info["goal_state"])
 
 
 def test_sb3_vec_env_resets_on_the_same_step():
@@ -307,6 +351,14 @@ def test_sb3_vec_env_resets_on_the_same_step():
         assert set(infos[i]["terminal_observation"]) == {"observation", "achieved_goal", "desired_goal"}
         assert not np.array_equal(infos[i]["terminal_observation"]["observation"], obs["observation"][i])
     assert venv.metadata["render_fps"] > 0
+    # reset_infos describe the episodes that just began (as DummyVecEnv keeps them).
+    assert all(venv.reset_infos[i]["step"] == 0 for i in range(4))
+    with pytest.raises(ValueError, match="share their attributes"):
+        venv.set_attr("render_size", 64, indices=[0])
+    with pytest.raises(NotImplementedError, match="only compute_reward"):
+        venv.env_method("reset", indices=[0])
+    rewards = venv.env_method("compute_reward", obs["achieved_goal"], obs["desired_goal"], None, indices=[0])
+    assert len(rewards) == 1 and rewards[0].shape == (4,)
     # Seeded like Gymnasium: env i of seed 9 is a single env seeded 9 + i.
     single = LeWorldPushTEnv()
     o, _ = single.reset(seed=11)
