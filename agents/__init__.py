@@ -1,5 +1,10 @@
 """Agents over LeWorld: latent planners (CEM, iCEM, MPPI) and SB3 training in imagination.
 
-Empty until the agents issue; the package exists so the layout and the import
-order (numba_kernels <- world_models <- leworld_env <- agents) hold from day one.
+* :mod:`agents.planning`: the planners, policies with SB3's ``predict`` signature;
+* :mod:`agents.evaluate`: the ``lewm`` and ``pusht`` protocols on real or dreamed PushT;
+* :mod:`agents.train_agent`: PPO / SAC / HER-SAC in the dream, judged on the real twin.
 """
+
+from agents.planning import CEMPlanner, ICEMPlanner, MPPIPlanner, RandomAgent, make_planner
+
+__all__ = ["CEMPlanner", "ICEMPlanner", "MPPIPlanner", "RandomAgent", "make_planner"]

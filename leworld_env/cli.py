@@ -81,6 +81,7 @@ BENCH_TARGETS = {
     "train": None,
     "kernels": None,
     "env": None,
+    "plan": None,
     "device": "the hardware backend issue",
 }
 
@@ -96,7 +97,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
             "kernels: Q4_0 matvec and matmul against a memory copy and float32 BLAS; numba-q4 and numba "
             "predict and encode against the torch backend at batch 1, 16 and 256. "
             "env: gym-pusht steps/s (pixels and state) next to LeWorld-PushT-v0 single and vector (16, 64, "
-            "256 envs) for each CPU backend, and the real twin. device: arrives with the hardware backend issue."
+            "256 envs) for each CPU backend, and the real twin. plan: seconds per CEM decision (300 x 30, horizon "
+            "5) for each CPU backend, and per iCEM and MPPI decision, against LeWM's ~1 s on a GPU. "
+            "device: arrives with the hardware backend issue."
         ),
     )
     p.add_argument("target", choices=sorted(BENCH_TARGETS), help="what to measure")
@@ -123,6 +126,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from leworld_env.bench_kernels import bench_kernels
 
         rows = bench_kernels(args.model, args.size, args.quick)
+    elif args.target == "plan":
+        from agents.bench_plan import bench_plan
+
+        rows = bench_plan(args.model, args.quick)
     elif args.target == "env":
         from leworld_env.bench_env import bench_env
 
@@ -284,19 +291,118 @@ def run_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--agent", help="cem, icem, mppi, or an SB3 .zip")
-    p.add_argument("--env", choices=["real", "dream"], default="real")
-    p.add_argument("--protocol", choices=["lewm", "pusht"], default="lewm")
-    p.add_argument("--episodes", type=positive_int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="write results here")
+# ------------------------------------------------------------------ eval
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a planner or an SB3 policy on real or dreamed PushT",
+        description=(
+            "Run an agent for N episodes under a protocol (docs/evaluation.md) and print the success "
+            "rate with a 95% interval, coverage, steps and time per decision. lewm: held-out start, goal "
+            "25 physics steps ahead, 50 physics steps, 20 px / pi/9. pusht: gym-pusht's random start and "
+            "fixed goal, 300 physics steps, coverage > 0.95."
+        ),
+    )
+    p.add_argument("--agent", required=True, help="cem, icem, mppi, random, or an SB3 PATH.zip (PPO or SAC)")
+    p.add_argument("--env", choices=["real", "dream"], default="real", help="real physics or the dream (real)")
+    p.add_argument("--protocol", choices=["lewm", "pusht"], default="lewm", help="evaluation protocol (lewm)")
+    p.add_argument("--episodes", type=positive_int, default=50, help="episodes (50)")
+    p.add_argument("--seed", type=int, default=0, help="episode i starts from (seed, i) (0)")
+    p.add_argument("--model", default="pusht-tiny", help="world model: shipped name or folder (pusht-tiny)")
+    p.add_argument("--backend", help="numba-q4 (default), numba or torch")
+    p.add_argument("--samples", type=positive_int, help="planner: candidate sequences per iteration (300)")
+    p.add_argument("--iterations", type=positive_int, help="planner: iterations per decision (cem 30, icem/mppi 10)")
+    p.add_argument("--horizon", type=positive_int, help="planner: model steps planned ahead (5)")
+    p.add_argument("--json", type=Path, help="write the results (summary and every episode) here")
+    p.add_argument("--video", type=Path, help="write the first episode as a GIF here")
+    p.set_defaults(run=run_eval)
 
 
-def _train_agent_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algo", choices=["ppo", "sac", "her-sac"], default="ppo")
-    p.add_argument("--timesteps", type=positive_int)
-    p.add_argument("--seed", type=int, default=0)
+def run_eval(args: argparse.Namespace) -> int:
+    import world_models
+    from agents.evaluate import evaluate, load_agent
+    from world_models.files import atomic_write_bytes
+
+    planner = {k: v for k in ("samples", "iterations", "horizon") if (v := getattr(args, k)) is not None}
+    if args.samples is not None and args.samples < 30 and args.agent in ("cem", "icem"):
+        planner["topk"] = max(1, args.samples // 10)
+    try:
+        wm = world_models.load(args.model, backend=args.backend)
+        agent = load_agent(args.agent, wm, seed=args.seed, **planner)
+        frames: list | None = [] if args.video else None
+        result = evaluate(
+            agent,
+            args.agent,
+            args.env,
+            args.protocol,
+            args.episodes,
+            args.seed,
+            args.model,
+            args.backend,
+            frames=frames,
+        )
+    except ValueError as err:
+        raise LeWorldError(str(err)) from None
+    print(result.table())
+    if args.json:
+        atomic_write_bytes(args.json, result.to_json().encode())
+        print(f"results written to {args.json}")
+    if args.video and frames:
+        from leworld_env.video import write_gif
+
+        write_gif(args.video, frames, fps=10)
+        print(f"first episode written to {args.video} ({len(frames)} frames)")
+    return 0
+
+
+# ------------------------------------------------------------------ train-agent
+def add_train_agent(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-agent",
+        help="train an SB3 agent in imagination, evaluated on real physics",
+        description=(
+            "PPO, SAC or HER-SAC on the batched dream (LeWorldSB3VecEnv) with hyperparameters from "
+            "agents/hyperparams/ALGO.yml; an EvalCallback on the real twin logs eval/success_rate to "
+            "TensorBoard (OUT/tb); checkpoints in OUT/checkpoints; the final model is OUT/model.zip."
+        ),
+    )
+    p.add_argument("--algo", choices=["ppo", "sac", "her-sac"], default="ppo", help="algorithm (ppo)")
+    p.add_argument("--timesteps", type=positive_int, help="environment steps (default: the YAML's n_timesteps)")
+    p.add_argument("--envs", type=positive_int, help="dream envs in the batch (default: the YAML's n_envs)")
+    p.add_argument("--out", type=Path, default=Path("runs/agent"), help="output folder (runs/agent)")
+    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--model", default="pusht-tiny", help="world model: shipped name or folder (pusht-tiny)")
+    p.add_argument("--backend", help="numba-q4 (default), numba or torch")
+    p.add_argument("--eval-every", type=positive_int, default=10_000, help="steps between real-twin evaluations")
+    p.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation (10)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=50_000, help="steps between checkpoints")
+    p.add_argument("--hyperparams", type=Path, help="a YAML file instead of agents/hyperparams/ALGO.yml")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_train_agent)
+
+
+def run_train_agent(args: argparse.Namespace) -> int:
+    from agents.train_agent import TrainAgentConfig, train_agent
+
+    config = TrainAgentConfig(
+        algo=args.algo,
+        out=args.out,
+        timesteps=args.timesteps,
+        n_envs=args.envs,
+        seed=args.seed,
+        model=args.model,
+        backend=args.backend,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        progress=not args.no_progress,
+        hyperparams=args.hyperparams,
+    )
+    final = train_agent(config)
+    print(f"model written to {final}; tensorboard --logdir {args.out / 'tb'}")
+    return 0
 
 
 def _play_args(p: argparse.ArgumentParser) -> None:
@@ -319,8 +425,6 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 PENDING = [
-    ("eval", "evaluate a planner or an SB3 policy on real or dreamed PushT", "the agents issue", _eval_args),
-    ("train-agent", "train an SB3 agent in imagination", "the agents issue", _train_agent_args),
     ("play", "pygame playback of real vs imagined rollouts", "the playback issue", _play_args),
     ("device", "ESP32 / FPGA emulators and serial tools", "the hardware backend issue", _device_args),
     ("demo", "plan real PushT episodes with the shipped model", "the playback issue", _demo_args),
@@ -342,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_probe(sub)
     add_bench(sub)
     add_quantize(sub)
+    add_eval(sub)
+    add_train_agent(sub)
     for name, help_text, issue, arguments in PENDING:
         add_pending(sub, name, help_text, issue, arguments)
     return parser

@@ -97,11 +97,11 @@ def _attention(qkv, heads, causal, first_query, out):
     d = three_d // 3
     hd = d // heads
     scale = np.float32(1.0 / math.sqrt(hd))
+    weights = np.empty(t_len, np.float32)  # allocated once: one per (row, head) cost more than the maths
     for bh in range(b_size * heads):
         b = bh // heads
         h = bh % heads
         qo, ko, vo = h * hd, d + h * hd, 2 * d + h * hd
-        weights = np.empty(t_len, np.float32)
         for t in range(first_query, t_len):
             last = t + 1 if causal else t_len
             top = np.float32(-np.inf)

@@ -63,3 +63,13 @@ def test_bench_env_reports_steps_against_gym_pusht(tmp_path):
     assert pixels > 0 and vector["value"] > 0
     assert vector["ratio"] == pytest.approx(vector["value"] / pixels)
     assert "x gym-pusht pixels" in result.stdout
+
+
+def test_bench_plan_times_decisions_per_backend(tmp_path):
+    out = tmp_path / "plan.json"
+    result = run_cli("bench", "plan", "--quick", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    backends = {row["name"].rsplit(", ", 1)[1] for row in rows if row["name"].startswith("cem decision")}
+    assert backends == {"numba-q4", "numba", "torch"}
+    assert all(row["value"] > 0 and row["unit"] == "s" for row in rows)

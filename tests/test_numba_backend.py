@@ -72,6 +72,20 @@ def test_numba_backend_matches_torch(model_dir, b):
     assert candidate.backend == "numba" and candidate.config == reference.config
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_numba_rollout_with_a_short_history_matches_torch(model_dir, steps):
+    """The engine's rollout reuses each token's position-free features as the window slides;
+    it must equal torch's step-by-step loop from histories shorter than the window too."""
+    reference = world_models.load(model_dir, backend="torch")
+    candidate = world_models.load(model_dir, backend="numba")
+    _, z, a = inputs(5, seed=3)
+    future = np.random.default_rng(4).uniform(-1, 1, (5, 6, 2)).astype(np.float32)
+    expected = reference.rollout(z[:, :steps], a[:, :steps], future)
+    np.testing.assert_allclose(
+        candidate.rollout(z[:, :steps], a[:, :steps], future), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+    )
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_every_mode_round_trips_through_lq40_and_tracks_float32(model_dir, tmp_path, mode):
     pixels, _, a = inputs(8)

@@ -54,6 +54,17 @@ class WorldModel:
     def _probe_targets(self, z: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _rollout(self, z_hist: np.ndarray, a_hist: np.ndarray, a_future: np.ndarray) -> np.ndarray:
+        """Open loop on checked arrays; a backend may override it with something faster."""
+        h = self.config.history
+        z, a = z_hist, a_hist
+        out = np.empty((z.shape[0], a_future.shape[1], self.config.latent_dim), np.float32)
+        for i in range(a_future.shape[1]):
+            out[:, i] = self._predict(z, a)
+            z = np.concatenate([z, out[:, i : i + 1]], axis=1)[:, -h:]
+            a = np.concatenate([a, a_future[:, i : i + 1]], axis=1)[:, -h:]
+        return out
+
     # ------------------------------------------------------------ checks
     def _pixels(self, pixels: Any) -> np.ndarray:
         pixels = np.asarray(pixels)
@@ -102,13 +113,7 @@ class WorldModel:
         future = self._sequence("a_future", a_future, self.config.action_dim)
         if future.shape[0] != z.shape[0]:
             raise ValueError(f"a_future has batch {future.shape[0]}, z_hist has {z.shape[0]}")
-        h = self.config.history
-        out = np.empty((z.shape[0], future.shape[1], self.config.latent_dim), np.float32)
-        for i in range(future.shape[1]):
-            out[:, i] = self._predict(z, a)
-            z = np.concatenate([z, out[:, i : i + 1]], axis=1)[:, -h:]
-            a = np.concatenate([a, future[:, i : i + 1]], axis=1)[:, -h:]
-        return out
+        return self._rollout(z, a, future)
 
     def probe(self, z: Any) -> np.ndarray:
         """Latents [B, D] -> physical state [B, 5]: agent x, y, block x, y (px), block angle in [0, 2 pi)."""

@@ -172,21 +172,35 @@ class NumbaLeWM:
         )
         return self._projector("encoder", cls)
 
-    def predict(self, z_hist: np.ndarray, a_hist: np.ndarray) -> np.ndarray:
-        """Latents [B, T, D] and actions [B, T, A] (T <= history) -> the next latent [B, D]."""
-        cfg, t, lin = self.cfg, self.t, self.lin
-        b, steps, _ = z_hist.shape
+    def tokens(self, z: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """What a predictor token (z, a) contributes that does not depend on its position:
+        the input projection [B, T, d] and each block's adaLN modulation [B, T, 6d].
+
+        The action encoder is per time step (a kernel-1 convolution and an MLP) and the
+        modulation reads only it, so these can be computed once per token and reused as a
+        token slides through the window during a rollout.
+        """
+        cfg, lin = self.cfg, self.lin
+        b, steps, _ = z.shape
         d = cfg.predictor_dim
-        x = lin["predictor.input"](z_hist.reshape(b * steps, -1)).reshape(b, steps, d)
-        x += t["predictor.pos_embed"][:, :steps]
-        x = x.reshape(b * steps, d)
-        cond = lin["predictor.action_encoder.conv"](a_hist.reshape(b * steps, -1))
+        inputs = lin["predictor.input"](z.reshape(b * steps, -1)).reshape(b, steps, d)
+        cond = lin["predictor.action_encoder.conv"](a.reshape(b * steps, -1))
         cond = lin["predictor.action_encoder.mlp.2"](lin["predictor.action_encoder.mlp.0"](cond, SILU))
         cond = apply_activation(cond, SILU)
+        mods = [
+            lin[f"predictor.blocks.{i}.modulation.1"](cond).reshape(b, steps, 6 * d) for i in range(cfg.predictor_depth)
+        ]
+        return inputs, mods
+
+    def predict_tokens(self, inputs: np.ndarray, mods: list[np.ndarray]) -> np.ndarray:
+        """The next latent [B, D] from token features (see :meth:`tokens`) of T <= history steps."""
+        cfg, t, lin = self.cfg, self.t, self.lin
+        b, steps, d = inputs.shape
+        x = (inputs + t["predictor.pos_embed"][:, :steps]).reshape(b * steps, d)
         for i in range(cfg.predictor_depth):
             pre = f"predictor.blocks.{i}"
             last = i == cfg.predictor_depth - 1  # only the last step's output is needed from here
-            mod = lin[f"{pre}.modulation.1"](cond).reshape(b, steps, 6, d)
+            mod = mods[i].reshape(b, steps, 6, d)
             y = modulated_layer_norm(x, mod[:, :, 0].reshape(-1, d), mod[:, :, 1].reshape(-1, d))
             qkv = lin[f"{pre}.attn.qkv"](y).reshape(b, steps, 3 * d)
             att = attention(qkv, cfg.predictor_heads, causal=True, first_query=steps - 1 if last else 0)
@@ -198,6 +212,32 @@ class NumbaLeWM:
             x = x + mod[:, :, 5].reshape(rows, d) * lin[f"{pre}.mlp.2"](lin[f"{pre}.mlp.0"](y, GELU))
         x = layer_norm(x, t["predictor.norm.weight"], t["predictor.norm.bias"])
         return self._projector("predictor", x)
+
+    def predict(self, z_hist: np.ndarray, a_hist: np.ndarray) -> np.ndarray:
+        """Latents [B, T, D] and actions [B, T, A] (T <= history) -> the next latent [B, D]."""
+        return self.predict_tokens(*self.tokens(z_hist, a_hist))
+
+    def rollout(self, z_hist: np.ndarray, a_hist: np.ndarray, a_future: np.ndarray) -> np.ndarray:
+        """Open loop over ``a_future`` [B, H, A] -> [B, H, D], as ``WorldModel.rollout``, computing each
+        token's position-free features once (a third of the predictor's work at history 3)."""
+        b, horizon = a_future.shape[:2]
+        h = min(self.cfg.history, z_hist.shape[1])
+        first_inputs, first_mods = self.tokens(z_hist[:, -h:], a_hist[:, -h:])
+        # Every token of the rollout in one buffer per feature: the window is a view, never a copy.
+        inputs = np.empty((b, h + horizon, first_inputs.shape[2]), np.float32)
+        mods = [np.empty((b, h + horizon, m.shape[2]), np.float32) for m in first_mods]
+        inputs[:, :h] = first_inputs
+        for buffer, m in zip(mods, first_mods, strict=True):
+            buffer[:, :h] = m
+        out = np.empty((b, horizon, self.cfg.latent_dim), np.float32)
+        for k in range(horizon):
+            start = max(0, k + h - self.cfg.history)
+            out[:, k] = self.predict_tokens(inputs[:, start : k + h], [m[:, start : k + h] for m in mods])
+            new_inputs, new_mods = self.tokens(out[:, k : k + 1], a_future[:, k : k + 1])
+            inputs[:, k + h] = new_inputs[:, 0]
+            for buffer, m in zip(mods, new_mods, strict=True):
+                buffer[:, k + h] = m[:, 0]
+        return out
 
     def probe_targets(self, z: np.ndarray) -> np.ndarray:
         """Latents [B, D] -> probe outputs [B, 6] (positions / 512, sin, cos of the angle)."""
@@ -280,6 +320,9 @@ class NumbaWorldModel(WorldModel):
 
     def _predict(self, z_hist: np.ndarray, a_hist: np.ndarray) -> np.ndarray:
         return self.engine.predict(z_hist, a_hist)
+
+    def _rollout(self, z_hist: np.ndarray, a_hist: np.ndarray, a_future: np.ndarray) -> np.ndarray:
+        return self.engine.rollout(z_hist, a_hist, a_future)
 
     def _probe_targets(self, z: np.ndarray) -> np.ndarray:
         return self.engine.probe_targets(z)

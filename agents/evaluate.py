@@ -1,0 +1,264 @@
+"""Evaluate a planner or an SB3 policy on real (or dreamed) PushT under a named protocol.
+
+Protocols (``docs/evaluation.md`` has the exact text):
+
+* ``lewm``: LeWM's PushT protocol. Start from a held-out real state (the model's start
+  bank), goal = the real state 25 physics steps later in the same episode, a budget of
+  50 physics steps, success = block within 20 px and pi/9 of the goal at any step.
+* ``pusht``: gym-pusht's own task. Start from gym-pusht's random initial state (its
+  ``reset(seed)``), goal = its fixed pose, a budget of 300 physics steps, success =
+  coverage above 0.95 at any step.
+
+Episode ``i`` of a run with seed ``s`` is fully determined by ``(s, i)``: the same start
+and goal for every agent and both envs, so agents can be compared episode by episode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import leworld_env
+from leworld_env.pusht_sim import PushTSim, angle_difference
+from world_models.errors import LeWorldError
+
+ENVS = {"real": leworld_env.REAL_ID, "dream": leworld_env.DREAM_ID}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol: which goal, how many physics steps, where episodes start."""
+
+    name: str
+    goal: str
+    budget: int  # physics steps
+    starts: str  # "bank": held-out dataset states; "pusht": gym-pusht's random initial state
+
+
+PROTOCOLS = {
+    "lewm": Protocol("lewm", goal="dataset", budget=50, starts="bank"),
+    "pusht": Protocol("pusht", goal="fixed", budget=300, starts="pusht"),
+}
+
+
+@dataclass
+class EpisodeResult:
+    """One evaluated episode."""
+
+    index: int
+    success: bool
+    steps: int
+    final_coverage: float
+    max_coverage: float
+    final_position_error: float  # block, px
+    final_angle_error: float  # block, radians
+    final_latent_distance: float  # root-mean-square, latent units
+    start: list[float]
+    goal: list[float]
+
+
+@dataclass
+class EvaluationResult:
+    """A whole run: the settings, per-episode results and the summary."""
+
+    agent: str
+    env: str
+    protocol: str
+    episodes: int
+    seed: int
+    model: str
+    backend: str
+    success_rate: float
+    success_interval: tuple[float, float]
+    mean_final_coverage: float
+    mean_max_coverage: float
+    mean_steps: float
+    mean_final_position_error: float
+    mean_decision_seconds: float
+    decisions: int
+    results: list[EpisodeResult] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def table(self) -> str:
+        """The summary as aligned text lines."""
+        low, high = self.success_interval
+        rows = [
+            ("agent", self.agent),
+            ("env / protocol", f"{self.env} / {self.protocol}"),
+            ("episodes (seed)", f"{self.episodes} ({self.seed})"),
+            ("model / backend", f"{self.model} / {self.backend}"),
+            ("success rate", f"{self.success_rate:.1%}  (95% interval {low:.1%} - {high:.1%})"),
+            ("coverage, final / best", f"{self.mean_final_coverage:.3f} / {self.mean_max_coverage:.3f}"),
+            ("block position error, final", f"{self.mean_final_position_error:.1f} px"),
+            ("steps per episode", f"{self.mean_steps:.1f}"),
+            ("time per decision", f"{self.mean_decision_seconds * 1e3:.1f} ms over {self.decisions} decisions"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95 % by default)."""
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def episode_options(protocol: Protocol, seed: int, episodes: int, bank_size: int) -> list[dict[str, Any]]:
+    """Reset options of every episode of a run: bank entries drawn without replacement, or
+    gym-pusht's own random starts."""
+    if protocol.starts == "bank":
+        rng = np.random.default_rng(seed)
+        picks = rng.choice(bank_size, size=episodes, replace=episodes > bank_size)
+        return [{"bank_index": int(i)} for i in picks]
+    sim = PushTSim(image_size=8)
+    starts = [sim.reset(seed=seed + i).vector() for i in range(episodes)]
+    sim.close()
+    return [{"start": start} for start in starts]
+
+
+def make_eval_env(env: str, protocol: Protocol, model: str | Path, backend: str | None, **kwargs: Any) -> gym.Env:
+    """The env of a protocol: its goal, and a time limit of its budget in env steps."""
+    if env not in ENVS:
+        raise LeWorldError(f"unknown env {env!r}; choose one of: {', '.join(ENVS)}")
+    made = gym.make(ENVS[env], model=model, backend=backend, goal=protocol.goal, **kwargs)
+    frameskip = made.unwrapped.setup.frameskip
+    return gym.wrappers.TimeLimit(made.unwrapped, max_episode_steps=math.ceil(protocol.budget / frameskip))
+
+
+def evaluate(
+    agent: Any,
+    agent_name: str,
+    env: str = "real",
+    protocol: str = "lewm",
+    episodes: int = 50,
+    seed: int = 0,
+    model: str | Path = "pusht-tiny",
+    backend: str | None = None,
+    frames: list[np.ndarray] | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Run ``agent`` (anything with SB3's ``predict(obs, state, episode_start, deterministic)``).
+
+    Args:
+        frames: if a list is given, the first episode's rendered frames are appended to it.
+    """
+    if protocol not in PROTOCOLS:
+        raise LeWorldError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    spec = PROTOCOLS[protocol]
+    render = {"render_mode": "rgb_array"} if frames is not None else {}
+    environment = make_eval_env(env, spec, model, backend, **render)
+    setup = environment.unwrapped.setup
+    options = episode_options(spec, seed, episodes, len(setup.bank))
+    latent_dim = setup.latent_dim
+    results, decision_seconds = [], []
+    iterator = range(episodes)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc=f"{agent_name} on {env} ({protocol})", unit="episode")
+    for i in iterator:
+        obs, info = environment.reset(seed=seed + i, options=options[i])
+        start, goal_state = info["state"].tolist(), info["goal_state"].tolist()
+        coverages, episode_start, success, steps = [info["coverage"]], True, bool(info["is_success"]), 0
+        if frames is not None and i == 0:
+            frames.append(environment.render())
+        done = False
+        while not done:
+            began = time.perf_counter()
+            action, _ = agent.predict(obs, episode_start=np.array([episode_start]), deterministic=True)
+            decision_seconds.append(time.perf_counter() - began)
+            episode_start = False
+            obs, _, terminated, truncated, info = environment.step(action)
+            steps += 1
+            coverages.append(info["coverage"])
+            success = success or bool(info["is_success"])
+            done = terminated or truncated
+            if frames is not None and i == 0:
+                frames.append(environment.render())
+        block, target = np.asarray(info["state"])[2:5], np.asarray(info["goal_state"])[2:5]
+        latent = obs["achieved_goal"][:latent_dim] - obs["desired_goal"][:latent_dim]
+        results.append(
+            EpisodeResult(
+                index=i,
+                success=success,
+                steps=steps,
+                final_coverage=float(coverages[-1]),
+                max_coverage=float(max(coverages)),
+                final_position_error=float(np.linalg.norm(block[:2] - target[:2])),
+                final_angle_error=float(angle_difference(block[2], target[2])),
+                final_latent_distance=float(np.sqrt(np.mean(latent.astype(np.float64) ** 2))),
+                start=start,
+                goal=goal_state,
+            )
+        )
+    environment.close()
+    wins = sum(r.success for r in results)
+    return EvaluationResult(
+        agent=agent_name,
+        env=env,
+        protocol=protocol,
+        episodes=episodes,
+        seed=seed,
+        model=str(model),
+        backend=setup.world_model.backend,
+        success_rate=wins / episodes,
+        success_interval=wilson_interval(wins, episodes),
+        mean_final_coverage=float(np.mean([r.final_coverage for r in results])),
+        mean_max_coverage=float(np.mean([r.max_coverage for r in results])),
+        mean_steps=float(np.mean([r.steps for r in results])),
+        mean_final_position_error=float(np.mean([r.final_position_error for r in results])),
+        mean_decision_seconds=float(np.mean(decision_seconds)) if decision_seconds else 0.0,
+        decisions=len(decision_seconds),
+        results=results,
+    )
+
+
+def load_agent(name: str, world_model: Any, seed: int = 0, **planner_kwargs: Any) -> Any:
+    """``cem``, ``icem``, ``mppi``, ``random``, or a stable-baselines3 ``.zip`` (PPO or SAC)."""
+    from agents.planning import PLANNERS, RandomAgent, make_planner
+
+    if name in PLANNERS:
+        return make_planner(name, world_model, seed=seed, **planner_kwargs)
+    if name == "random":
+        return RandomAgent(seed=seed)
+    path = Path(name)
+    if path.suffix != ".zip":
+        raise LeWorldError(f"unknown agent {name!r}; choose one of: {', '.join(PLANNERS)}, random, or a PATH.zip")
+    if not path.is_file():
+        raise LeWorldError(f"{path}: no such SB3 model file")
+    return load_sb3(path)
+
+
+def load_sb3(path: Path) -> Any:
+    """A saved SB3 PPO or SAC model (the algorithm is read from the file)."""
+    import zipfile
+
+    from stable_baselines3 import PPO, SAC
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise LeWorldError(f"{path}: not a stable-baselines3 model file ({err})") from None
+    policy = json.dumps(data.get("policy_class", ""))  # its "__module__" names the algorithm
+    algorithm = SAC if "sac" in policy.lower() else PPO
+    # For acting, an off-policy model needs no replay buffer (HER's would also want an env).
+    custom = {"replay_buffer_class": None, "replay_buffer_kwargs": {}, "buffer_size": 1} if algorithm is SAC else {}
+    try:
+        return algorithm.load(path, device="cpu", custom_objects=custom)
+    except Exception as err:  # SB3 raises many kinds for a file it cannot read
+        raise LeWorldError(f"{path}: stable-baselines3 could not load it as {algorithm.__name__} ({err})") from None

@@ -1,0 +1,212 @@
+"""Planners and SB3 agents: they plan on real physics, beat random actions, train in the dream."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import leworld_env
+import world_models
+from agents.evaluate import PROTOCOLS, episode_options, evaluate, load_agent, wilson_interval
+from agents.planning import CEMPlanner, MPPIPlanner, RandomAgent, colored_noise, make_planner
+from tests.conftest import run_cli
+from tests.test_collect import assert_one_line_error
+from world_models.errors import LeWorldError
+
+SMALL_BUDGET = {"samples": 64, "iterations": 5}
+
+
+@pytest.fixture(scope="module")
+def wm():
+    return world_models.load()
+
+
+@pytest.fixture(scope="module")
+def random_run():
+    return evaluate(RandomAgent(seed=0), "random", "real", "lewm", episodes=6, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("name", ["cem", "icem", "mppi"])
+def test_planning_beats_random_actions_on_real_physics(wm, random_run, name):
+    """Same episodes (seed 0), same real twin: the planner ends nearer the goal than random actions,
+    in latent distance and in the block's physical distance."""
+    kwargs = dict(SMALL_BUDGET, topk=8) if name != "mppi" else dict(SMALL_BUDGET)
+    planned = evaluate(load_agent(name, wm, seed=0, **kwargs), name, "real", "lewm", 6, 0, progress=False)
+    assert [r.start for r in planned.results] == [r.start for r in random_run.results]
+    latent = np.mean([r.final_latent_distance for r in planned.results])
+    random_latent = np.mean([r.final_latent_distance for r in random_run.results])
+    assert latent < random_latent
+    assert planned.mean_final_position_error < random_run.mean_final_position_error
+    assert planned.decisions > 0 and planned.mean_decision_seconds > 0
+
+
+def test_planner_is_an_sb3_policy(wm):
+    """SB3's evaluate_policy runs a planner on a VecEnv of the real twin."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    venv = DummyVecEnv([lambda: gym.make(leworld_env.REAL_ID, goal="dataset", max_episode_steps=3)])
+    planner = make_planner("cem", wm, samples=16, iterations=2, topk=4)
+    mean, _ = evaluate_policy(planner, venv, n_eval_episodes=2)
+    assert np.isfinite(mean)
+    assert len(planner.plan_seconds) == 6
+
+
+def test_planner_keeps_the_history_the_env_keeps(wm):
+    """After a step the planner's history holds the start latent, the new latent, and the action taken."""
+    env = gym.make(leworld_env.DREAM_ID, goal="dataset")
+    planner = make_planner("mppi", wm, samples=16, iterations=2)
+    obs, _ = env.reset(seed=0)
+    action, _ = planner.predict(obs, episode_start=np.array([True]))
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+    first = obs["achieved_goal"][:64]
+    obs, *_ = env.step(action)
+    planner.predict(obs, episode_start=np.array([False]))
+    history = planner._envs[0]
+    np.testing.assert_array_equal(history["z"][-2], first)
+    np.testing.assert_array_equal(history["z"][-1], obs["achieved_goal"][:64])
+    np.testing.assert_array_equal(history["a"][-2], action)
+    # A new goal means a new episode: the history restarts at rest.
+    obs2, _ = env.reset(seed=5)
+    planner.predict(obs2)
+    np.testing.assert_array_equal(planner._envs[0]["a"][:-1], 0.0)
+
+
+def test_cem_finds_the_sequence_a_known_cost_prefers(wm):
+    """With the cost replaced by distance to a fixed sequence, CEM recovers that sequence."""
+    target = np.array([[0.5, -0.3]] * 5, np.float32)
+
+    class Quadratic(CEMPlanner):
+        def costs(self, env, sequences):
+            return np.sum((sequences - target) ** 2, axis=(1, 2))
+
+    planner = Quadratic(wm, samples=200, iterations=20, topk=20, seed=1)
+    obs = {"achieved_goal": np.zeros(68, np.float32), "desired_goal": np.ones(68, np.float32)}
+    action, _ = planner.predict(obs)
+    np.testing.assert_allclose(action, target[0], atol=0.05)
+
+
+def test_colored_noise_has_unit_variance_and_low_frequencies():
+    noise = colored_noise(2.0, 4000, 16, 2, np.random.default_rng(0))
+    assert noise.shape == (4000, 16, 2)
+    np.testing.assert_allclose(noise.std(axis=1).mean(), 1.0, atol=0.05)
+    white = np.random.default_rng(1).standard_normal((4000, 16, 2))
+    lag1 = lambda x: np.mean(x[:, 1:] * x[:, :-1])  # noqa: E731
+    assert lag1(noise) > 0.5 > abs(lag1(white))
+
+
+def test_bad_planner_settings_are_clear_errors(wm):
+    with pytest.raises(ValueError, match="unknown planner 'cmaes'; choose one of: cem, icem, mppi"):
+        make_planner("cmaes", wm)
+    with pytest.raises(ValueError, match=r"topk must be in \[1, samples=10\]"):
+        make_planner("cem", wm, samples=10, topk=30)
+    with pytest.raises(ValueError, match="temperature and noise_std must be > 0"):
+        MPPIPlanner(wm, temperature=0)
+    with pytest.raises(LeWorldError, match="unknown agent 'ppo2'"):
+        load_agent("ppo2", wm)
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(48, 50)
+    assert low == pytest.approx(0.8654, abs=1e-3) and high == pytest.approx(0.9890, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_protocol_starts_are_fixed_by_the_seed():
+    lewm = episode_options(PROTOCOLS["lewm"], seed=3, episodes=5, bank_size=1000)
+    assert lewm == episode_options(PROTOCOLS["lewm"], seed=3, episodes=5, bank_size=1000)
+    assert len({o["bank_index"] for o in lewm}) == 5  # drawn without replacement
+    pusht = episode_options(PROTOCOLS["pusht"], seed=3, episodes=2, bank_size=1000)
+    np.testing.assert_array_equal(pusht[0]["start"], episode_options(PROTOCOLS["pusht"], 3, 1, 1000)[0]["start"])
+    assert not np.array_equal(pusht[0]["start"], pusht[1]["start"])
+
+
+def test_leworld_eval_writes_results_and_a_gif(tmp_path):
+    out, gif = tmp_path / "eval.json", tmp_path / "first.gif"
+    result = run_cli(
+        "eval", "--agent", "cem", "--protocol", "pusht", "--episodes", "2", "--samples", "16", "--iterations", "2",
+        "--json", str(out), "--video", str(gif),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["protocol"] == "pusht" and data["episodes"] == 2 and len(data["results"]) == 2
+    assert data["results"][0]["steps"] <= 60  # 300 physics steps at frameskip 5
+    assert 0.0 <= data["success_interval"][0] <= data["success_rate"] <= data["success_interval"][1] <= 1.0
+    assert "success rate" in result.stdout and "time per decision" in result.stdout
+    from PIL import Image
+
+    with Image.open(gif) as image:
+        assert image.n_frames == data["results"][0]["steps"] + 1
+
+
+def test_leworld_eval_bad_agent_is_one_line(tmp_path):
+    assert_one_line_error(run_cli("eval", "--agent", "nope", "--episodes", "1"), "unknown agent 'nope'")
+    fake = tmp_path / "fake.zip"
+    fake.write_bytes(b"not a zip")
+    assert_one_line_error(run_cli("eval", "--agent", str(fake), "--episodes", "1"), "not a stable-baselines3 model")
+
+
+def test_ppo_in_the_dream_is_evaluated_on_the_real_twin(tmp_path):
+    """A short PPO run: EvalCallback on real physics logs eval/success_rate; the model then evaluates."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from agents.evaluate import load_sb3
+    from agents.train_agent import TrainAgentConfig, train_agent
+
+    config = TrainAgentConfig(
+        algo="ppo", out=tmp_path / "ppo", timesteps=2048, n_envs=16, eval_every=1024, eval_episodes=2,
+        checkpoint_every=1024, progress=False,
+    )  # fmt: skip
+    final = train_agent(config)
+    evaluations = np.load(tmp_path / "ppo" / "eval" / "evaluations.npz")
+    assert evaluations["results"].shape[0] >= 1 and evaluations["successes"].shape[1] == 2
+    events = next((tmp_path / "ppo" / "tb").rglob("events.out.tfevents.*"))
+    tags = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert "eval/success_rate" in tags and "eval/mean_reward" in tags
+    agent = load_sb3(final)
+    result = evaluate(agent, "ppo", "real", "lewm", episodes=2, seed=0, progress=False)
+    assert result.decisions > 0
+    # Resume continues from the newest checkpoint instead of starting over.
+    resumed = train_agent(TrainAgentConfig(**{**config.__dict__, "timesteps": 3072, "resume": True}))
+    assert load_sb3(resumed).num_timesteps >= 3072
+
+
+def test_example_plans_one_real_episode():
+    """examples/plan_one_episode.py, as a user copies it: full CEM, ten decisions at most."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "plan_one_episode.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "success:" in result.stdout and "s per decision" in result.stdout
+    assert 1 <= result.stdout.count("block error") <= 10
+
+
+def test_her_sac_trains_and_loads_for_evaluation(tmp_path):
+    """HER-SAC from its YAML, briefly; its zip loads for acting without an env or a replay buffer."""
+    from agents.evaluate import load_sb3
+    from agents.train_agent import TrainAgentConfig, train_agent
+
+    final = train_agent(
+        TrainAgentConfig(algo="her-sac", out=tmp_path / "hs", timesteps=200, n_envs=2, eval_every=100,
+                         eval_episodes=1, progress=False)
+    )  # fmt: skip
+    agent = load_sb3(final)
+    assert type(agent).__name__ == "SAC"
+    assert evaluate(agent, "her-sac", "real", "lewm", episodes=1, seed=0, progress=False).decisions > 0
+
+
+def test_bad_hyperparameter_file_is_a_clear_error(tmp_path):
+    from agents.train_agent import load_hyperparams
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text("CartPole-v1: {n_envs: 4}\n")
+    with pytest.raises(LeWorldError, match="expected a mapping with an entry 'LeWorld-PushT-v0'"):
+        load_hyperparams("ppo", bad)
+    with pytest.raises(LeWorldError, match="unknown algo 'a2c'"):
+        load_hyperparams("a2c")
