@@ -121,9 +121,9 @@ def episode_options(protocol: Protocol, seed: int, episodes: int, bank_size: int
     """Reset options of every episode of a run: bank entries drawn without replacement, or
     gym-pusht's own random starts."""
     if protocol.starts == "bank":
-        rng = np.random.default_rng(seed)
-        picks = rng.choice(bank_size, size=episodes, replace=episodes > bank_size)
-        return [{"bank_index": int(i)} for i in picks]
+        # One permutation of the bank per seed: episode i is the same entry whatever N is.
+        order = np.random.default_rng(seed).permutation(bank_size)
+        return [{"bank_index": int(order[i % bank_size])} for i in range(episodes)]
     sim = PushTSim(image_size=8)
     starts = [sim.reset(seed=seed + i).vector() for i in range(episodes)]
     sim.close()
@@ -252,10 +252,13 @@ def load_sb3(path: Path) -> Any:
     try:
         with zipfile.ZipFile(path) as archive:
             data = json.loads(archive.read("data"))
-    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        module = data["policy_class"]["__module__"]
+    except (zipfile.BadZipFile, KeyError, TypeError, ValueError) as err:
         raise LeWorldError(f"{path}: not a stable-baselines3 model file ({err})") from None
-    policy = json.dumps(data.get("policy_class", ""))  # its "__module__" names the algorithm
-    algorithm = SAC if "sac" in policy.lower() else PPO
+    algorithms = {"stable_baselines3.sac.policies": SAC, "stable_baselines3.common.policies": PPO}
+    if module not in algorithms:
+        raise LeWorldError(f"{path}: a policy from {module}; leworld eval loads PPO and SAC models")
+    algorithm = algorithms[module]
     # For acting, an off-policy model needs no replay buffer (HER's would also want an env).
     custom = {"replay_buffer_class": None, "replay_buffer_kwargs": {}, "buffer_size": 1} if algorithm is SAC else {}
     try:

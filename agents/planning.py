@@ -40,7 +40,10 @@ class LatentPlanner:
         iterations: optimisation rounds per decision.
         state_cost_weight: weight of the probed-state cost (block position error / 100 px, squared,
             plus the angle error in radians, squared) added to the latent cost; 0 = LeWM's latent cost only.
-        action_repeat: model steps each env action lasts (the env's frameskip / the model's).
+        action_repeat: model steps each env action lasts (the env's frameskip / the model's). The
+            planner then sees one latent per env step, not per model step: its history holds latents
+            ``action_repeat`` model steps apart, which the model was not trained on. Keep it 1 unless
+            you know the model copes.
         seed: seeds the planner's own generator.
     """
 
@@ -86,7 +89,11 @@ class LatentPlanner:
         episode_start: np.ndarray | None = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, None]:
-        """Plan one action per env for a goal observation dict (single or batched)."""
+        """Plan one action per env for a goal observation dict (single or batched).
+
+        Pass ``episode_start`` (SB3's ``evaluate_policy`` and ``leworld eval`` do): without it a
+        new episode is recognised only by a new goal, and gym-pusht's fixed goal never changes.
+        """
         single = np.ndim(observation["achieved_goal"]) == 1
         achieved = np.atleast_2d(np.asarray(observation["achieved_goal"], np.float32))
         desired = np.atleast_2d(np.asarray(observation["desired_goal"], np.float32))

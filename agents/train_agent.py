@@ -10,8 +10,8 @@ The whole recipe, top to bottom:
    TensorBoard and keeps the best model; a ``CheckpointCallback`` saves every
    ``checkpoint_every`` steps;
 4. ``model.learn``; the final model goes to ``OUT/model.zip``. ``resume=True`` continues
-   from the newest checkpoint in ``OUT/checkpoints`` (SAC's replay buffer is not kept:
-   it refills after a resume).
+   from the newest checkpoint in ``OUT/checkpoints``. SAC's replay buffer is not kept: after
+   a resume SAC collects ``learning_starts`` fresh steps before it trains again.
 
 SB3's ``.zip`` is SB3's own format (hyperparameters serialized by cloudpickle, weights by
 ``torch.save``): load only files you trust, as SB3 says.
@@ -132,15 +132,23 @@ def train_agent(config: TrainAgentConfig) -> Path:
     checkpoint = latest_checkpoint(out / "checkpoints") if config.resume else None
     if config.resume and checkpoint is None:
         raise LeWorldError(f"{out / 'checkpoints'}: no checkpoint to resume from; run without --resume")
-    if checkpoint is not None:
-        agent = algorithm.load(checkpoint, env=train_env, device="cpu", tensorboard_log=str(out / "tb"))
-        remaining = max(0, timesteps - agent.num_timesteps)
-        print(f"resuming from {checkpoint.name} at {agent.num_timesteps} steps; {remaining} to go")
-    else:
-        agent = algorithm(
-            policy, train_env, seed=config.seed, device="cpu", tensorboard_log=str(out / "tb"), verbose=0, **params
-        )
-        remaining = timesteps
+    try:
+        if checkpoint is not None:
+            agent = algorithm.load(checkpoint, env=train_env, device="cpu", tensorboard_log=str(out / "tb"))
+            remaining = max(0, timesteps - agent.num_timesteps)
+            if algorithm is SAC:
+                # The replay buffer is not checkpointed: collect afresh before training again
+                # (and let HER see whole episodes before it samples).
+                agent.learning_starts = agent.num_timesteps + int(params.get("learning_starts", 100))
+            print(f"resuming from {checkpoint.name} at {agent.num_timesteps} steps; {remaining} to go")
+        else:
+            agent = algorithm(
+                policy, train_env, seed=config.seed, device="cpu", tensorboard_log=str(out / "tb"), verbose=0, **params
+            )
+            remaining = timesteps
+    except (TypeError, ValueError, KeyError) as err:
+        source = checkpoint or config.hyperparams or HYPERPARAMS_DIR / f"{config.algo}.yml"
+        raise LeWorldError(f"{source}: {algorithm.__name__} cannot be built from it ({err})") from None
     with warnings.catch_warnings():
         # EvalCallback warns that the eval env's type differs from the training env's: by design,
         # the agent trains in the dream and is judged on real physics.

@@ -5,7 +5,8 @@
 The agent never touches the simulator while it learns: 64 dream episodes advance
 together, one batched world-model predict per step. It is judged on the real twin
 (gym-pusht physics, the same observation and action spaces) under LeWM's protocol.
-The same run from the command line: leworld train-agent --algo ppo.
+`leworld train-agent --algo ppo` does the same with agents/hyperparams/ppo.yml, evaluating
+on real physics during training.
 """
 
 from stable_baselines3 import PPO

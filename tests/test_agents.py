@@ -117,8 +117,9 @@ def test_wilson_interval():
 
 def test_protocol_starts_are_fixed_by_the_seed():
     lewm = episode_options(PROTOCOLS["lewm"], seed=3, episodes=5, bank_size=1000)
-    assert lewm == episode_options(PROTOCOLS["lewm"], seed=3, episodes=5, bank_size=1000)
+    assert lewm == episode_options(PROTOCOLS["lewm"], seed=3, episodes=10, bank_size=1000)[:5]  # whatever N is
     assert len({o["bank_index"] for o in lewm}) == 5  # drawn without replacement
+    assert lewm != episode_options(PROTOCOLS["lewm"], seed=4, episodes=5, bank_size=1000)
     pusht = episode_options(PROTOCOLS["pusht"], seed=3, episodes=2, bank_size=1000)
     np.testing.assert_array_equal(pusht[0]["start"], episode_options(PROTOCOLS["pusht"], 3, 1, 1000)[0]["start"])
     assert not np.array_equal(pusht[0]["start"], pusht[1]["start"])
@@ -138,8 +139,12 @@ def test_leworld_eval_writes_results_and_a_gif(tmp_path):
     assert "success rate" in result.stdout and "time per decision" in result.stdout
     from PIL import Image
 
-    with Image.open(gif) as image:
-        assert image.n_frames == data["results"][0]["steps"] + 1
+    with Image.open(gif) as image:  # Pillow merges identical consecutive frames; their durations add up
+        durations = []
+        for frame in range(image.n_frames):
+            image.seek(frame)
+            durations.append(image.info["duration"])
+        assert sum(durations) == 100 * (data["results"][0]["steps"] + 1)  # 10 fps
 
 
 def test_leworld_eval_bad_agent_is_one_line(tmp_path):
@@ -190,15 +195,20 @@ def test_example_plans_one_real_episode():
 def test_her_sac_trains_and_loads_for_evaluation(tmp_path):
     """HER-SAC from its YAML, briefly; its zip loads for acting without an env or a replay buffer."""
     from agents.evaluate import load_sb3
-    from agents.train_agent import TrainAgentConfig, train_agent
+    from agents.train_agent import HYPERPARAMS_DIR, TrainAgentConfig, train_agent
 
-    final = train_agent(
-        TrainAgentConfig(algo="her-sac", out=tmp_path / "hs", timesteps=200, n_envs=2, eval_every=100,
-                         eval_episodes=1, progress=False)
-    )  # fmt: skip
+    quick = tmp_path / "her-sac.yml"  # the shipped file, but training starts after 20 steps
+    quick.write_text(
+        (HYPERPARAMS_DIR / "her-sac.yml").read_text().replace("learning_starts: 1000", "learning_starts: 20")
+    )
+    config = TrainAgentConfig(algo="her-sac", out=tmp_path / "hs", timesteps=120, n_envs=2, eval_every=100,
+                              eval_episodes=1, checkpoint_every=60, progress=False, hyperparams=quick)  # fmt: skip
+    final = train_agent(config)
     agent = load_sb3(final)
-    assert type(agent).__name__ == "SAC"
+    assert type(agent).__name__ == "SAC" and agent._n_updates > 0  # it trained, sampling HER goals
     assert evaluate(agent, "her-sac", "real", "lewm", episodes=1, seed=0, progress=False).decisions > 0
+    resumed = train_agent(TrainAgentConfig(**{**config.__dict__, "timesteps": 200, "resume": True}))
+    assert load_sb3(resumed).num_timesteps >= 200
 
 
 def test_bad_hyperparameter_file_is_a_clear_error(tmp_path):
@@ -210,3 +220,9 @@ def test_bad_hyperparameter_file_is_a_clear_error(tmp_path):
         load_hyperparams("ppo", bad)
     with pytest.raises(LeWorldError, match="unknown algo 'a2c'"):
         load_hyperparams("a2c")
+    zoo = tmp_path / "zoo.yml"
+    zoo.write_text("LeWorld-PushT-v0: {n_envs: 2, normalize: true}\n")
+    from agents.train_agent import TrainAgentConfig, train_agent
+
+    with pytest.raises(LeWorldError, match="PPO cannot be built from it"):
+        train_agent(TrainAgentConfig(out=tmp_path / "z", timesteps=8, hyperparams=zoo, progress=False))

@@ -86,6 +86,22 @@ def test_numba_rollout_with_a_short_history_matches_torch(model_dir, steps):
     )
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_numba_rollout_from_one_shared_history_matches_torch(model_dir, steps):
+    """A planner's candidates share the history but the last action: the engine computes the shared
+    tokens once (on one row) and must still match torch row by row."""
+    reference = world_models.load(model_dir, backend="torch")
+    candidate = world_models.load(model_dir, backend="numba")
+    _, z, a = inputs(1, seed=5)
+    z = np.repeat(z[:, :steps], 6, axis=0)
+    a = np.repeat(a[:, :steps], 6, axis=0)
+    rng = np.random.default_rng(6)
+    a[:, -1] = rng.uniform(-1, 1, (6, 2))
+    future = rng.uniform(-1, 1, (6, 4, 2)).astype(np.float32)
+    expected = reference.rollout(z, a, future)
+    np.testing.assert_allclose(candidate.rollout(z, a, future), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_every_mode_round_trips_through_lq40_and_tracks_float32(model_dir, tmp_path, mode):
     pixels, _, a = inputs(8)

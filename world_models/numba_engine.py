@@ -192,26 +192,47 @@ class NumbaLeWM:
         ]
         return inputs, mods
 
-    def predict_tokens(self, inputs: np.ndarray, mods: list[np.ndarray]) -> np.ndarray:
-        """The next latent [B, D] from token features (see :meth:`tokens`) of T <= history steps."""
+    def predict_tokens(self, inputs: np.ndarray, mods: list[np.ndarray], shared: int = 0) -> np.ndarray:
+        """The next latent [B, D] from token features (see :meth:`tokens`) of T <= history steps.
+
+        ``shared``: the first tokens that are the same in every row (a planner's candidates all
+        start from one history). Causal attention never lets them see the later tokens, so they
+        are computed once, on row 0, and only their keys and values are shared with every row.
+        """
         cfg, t, lin = self.cfg, self.t, self.lin
         b, steps, d = inputs.shape
-        x = (inputs + t["predictor.pos_embed"][:, :steps]).reshape(b * steps, d)
+        pos = t["predictor.pos_embed"][0, :steps]
+        x = (inputs[:, shared:] + pos[shared:]).reshape(-1, d)  # the rows' own tokens
+        xs = (inputs[0, :shared] + pos[:shared]).reshape(-1, d)  # the shared tokens, once
+        own = steps - shared
         for i in range(cfg.predictor_depth):
             pre = f"predictor.blocks.{i}"
             last = i == cfg.predictor_depth - 1  # only the last step's output is needed from here
-            mod = mods[i].reshape(b, steps, 6, d)
+            mod = mods[i][:, shared:].reshape(b, own, 6, d)
             y = modulated_layer_norm(x, mod[:, :, 0].reshape(-1, d), mod[:, :, 1].reshape(-1, d))
-            qkv = lin[f"{pre}.attn.qkv"](y).reshape(b, steps, 3 * d)
-            att = attention(qkv, cfg.predictor_heads, causal=True, first_query=steps - 1 if last else 0)
+            qkv = lin[f"{pre}.attn.qkv"](y).reshape(b, own, 3 * d)
+            if shared:
+                mod_s = mods[i][0, :shared].reshape(shared, 6, d)
+                y_s = modulated_layer_norm(xs, np.ascontiguousarray(mod_s[:, 0]), np.ascontiguousarray(mod_s[:, 1]))
+                qkv_s = lin[f"{pre}.attn.qkv"](y_s)
+                qkv = np.concatenate([np.broadcast_to(qkv_s, (b, shared, 3 * d)), qkv], axis=1)
+                if not last:  # the shared tokens' own update (the last block needs only their keys)
+                    att_s = attention(qkv_s[None], cfg.predictor_heads, causal=True)
+                    xs = self._block_tail(pre, xs, mod_s[None], att_s.reshape(shared, d))
+            att = attention(qkv, cfg.predictor_heads, causal=True, first_query=steps - 1 if last else shared)
             if last:
-                x, mod = np.ascontiguousarray(x.reshape(b, steps, d)[:, -1]), mod[:, -1:]
-            rows = x.shape[0]
-            x = x + mod[:, :, 2].reshape(rows, d) * lin[f"{pre}.attn.proj"](att.reshape(rows, d))
-            y = modulated_layer_norm(x, mod[:, :, 3].reshape(rows, d), mod[:, :, 4].reshape(rows, d))
-            x = x + mod[:, :, 5].reshape(rows, d) * lin[f"{pre}.mlp.2"](lin[f"{pre}.mlp.0"](y, GELU))
+                x, mod = np.ascontiguousarray(x.reshape(b, own, d)[:, -1]), mod[:, -1:]
+            x = self._block_tail(pre, x, mod, att.reshape(x.shape[0], d))
         x = layer_norm(x, t["predictor.norm.weight"], t["predictor.norm.bias"])
         return self._projector("predictor", x)
+
+    def _block_tail(self, pre: str, x: np.ndarray, mod: np.ndarray, att: np.ndarray) -> np.ndarray:
+        """An adaLN-zero block after attention: gated projection, modulated norm, gated MLP."""
+        lin, d = self.lin, x.shape[1]
+        rows = x.shape[0]
+        x = x + mod[:, :, 2].reshape(rows, d) * lin[f"{pre}.attn.proj"](att)
+        y = modulated_layer_norm(x, mod[:, :, 3].reshape(rows, d), mod[:, :, 4].reshape(rows, d))
+        return x + mod[:, :, 5].reshape(rows, d) * lin[f"{pre}.mlp.2"](lin[f"{pre}.mlp.0"](y, GELU))
 
     def predict(self, z_hist: np.ndarray, a_hist: np.ndarray) -> np.ndarray:
         """Latents [B, T, D] and actions [B, T, A] (T <= history) -> the next latent [B, D]."""
@@ -219,7 +240,8 @@ class NumbaLeWM:
 
     def rollout(self, z_hist: np.ndarray, a_hist: np.ndarray, a_future: np.ndarray) -> np.ndarray:
         """Open loop over ``a_future`` [B, H, A] -> [B, H, D], as ``WorldModel.rollout``, computing each
-        token's position-free features once (a third of the predictor's work at history 3)."""
+        token's position-free features once (a third of the predictor's work at history 3), and a
+        history shared by every row once (see :meth:`predict_tokens`)."""
         b, horizon = a_future.shape[:2]
         h = min(self.cfg.history, z_hist.shape[1])
         first_inputs, first_mods = self.tokens(z_hist[:, -h:], a_hist[:, -h:])
@@ -229,10 +251,15 @@ class NumbaLeWM:
         inputs[:, :h] = first_inputs
         for buffer, m in zip(mods, first_mods, strict=True):
             buffer[:, :h] = m
+        # Candidates branching from one history (a planner's) share every history token but the last.
+        same = bool(np.all(z_hist[:, -h:] == z_hist[:1, -h:]) and np.all(a_hist[:, -h:-1] == a_hist[:1, -h:-1]))
+        prefix = h - 1 if same and b > 1 else 0
         out = np.empty((b, horizon, self.cfg.latent_dim), np.float32)
         for k in range(horizon):
             start = max(0, k + h - self.cfg.history)
-            out[:, k] = self.predict_tokens(inputs[:, start : k + h], [m[:, start : k + h] for m in mods])
+            shared = max(0, prefix - start)
+            window = [m[:, start : k + h] for m in mods]
+            out[:, k] = self.predict_tokens(inputs[:, start : k + h], window, shared)
             new_inputs, new_mods = self.tokens(out[:, k : k + 1], a_future[:, k : k + 1])
             inputs[:, k + h] = new_inputs[:, 0]
             for buffer, m in zip(mods, new_mods, strict=True):
