@@ -122,6 +122,28 @@ def _attention(qkv, heads, causal, first_query, out):
                 out[b, t - first_query, h * hd + j] = acc / total
 
 
+BATCHED_ATTENTION_MIN_TOKENS = 8  # from this many tokens numpy's batched products and vector exp win
+
+
+def _batched_attention(qkv: np.ndarray, heads: int, causal: bool, first_query: int) -> np.ndarray:
+    """The same attention with numpy's stacked matrix products and its vectorized ``exp``: for the
+    encoder's 17 tokens 4-5x faster than the scalar kernel, whose ``exp`` does not vectorize."""
+    b, t, three_d = qkv.shape
+    d = three_d // 3
+    hd = d // heads
+    q = qkv[:, first_query:, :d].reshape(b, t - first_query, heads, hd).transpose(0, 2, 1, 3)
+    k = qkv[:, :, d : 2 * d].reshape(b, t, heads, hd).transpose(0, 2, 3, 1)
+    v = qkv[:, :, 2 * d :].reshape(b, t, heads, hd).transpose(0, 2, 1, 3)
+    scores = np.matmul(q, k) * np.float32(1.0 / math.sqrt(hd))
+    if causal:
+        scores[..., np.triu(np.ones((t, t), bool), 1)[first_query:]] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores, v).transpose(0, 2, 1, 3).reshape(b, t - first_query, d)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def attention(qkv: np.ndarray, heads: int, causal: bool, first_query: int = 0) -> np.ndarray:
     """Multi-head softmax attention from packed projections.
 
@@ -135,6 +157,8 @@ def attention(qkv: np.ndarray, heads: int, causal: bool, first_query: int = 0) -
         float32 [B, T - first_query, D].
     """
     b, t, three_d = qkv.shape
+    if t >= BATCHED_ATTENTION_MIN_TOKENS:
+        return _batched_attention(qkv, heads, causal, first_query)
     out = np.empty((b, t - first_query, three_d // 3), np.float32)
     _attention(np.ascontiguousarray(qkv), heads, causal, first_query, out)
     return out

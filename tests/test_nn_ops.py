@@ -37,8 +37,9 @@ def test_batch_norm_and_activations_match_torch():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_attention_matches_torch_including_the_last_query_shortcut(causal):
-    b, steps, heads, d = 3, 5, 4, 32
+@pytest.mark.parametrize("steps", [5, 17])  # the scalar kernel, and numpy's batched products
+def test_attention_matches_torch_including_the_last_query_shortcut(causal, steps):
+    b, heads, d = 3, 4, 32
     qkv = randn(b, steps, 3 * d)
     q, k, v = torch.from_numpy(qkv).view(b, steps, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(b, steps, d)
