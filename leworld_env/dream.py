@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from leworld_env.task import (
+    GoalTerms,
     TaskSetup,
     draw_frames,
     goal_terms,
@@ -76,8 +77,6 @@ class DreamBatch:
         self.goal_state[indices] = goals
         self.desired[indices] = goal_vectors(z_goal, goals[:, 2:5])
         self._observe(indices, z0)
-        terms = goal_terms(self.achieved[indices], self.desired[indices], self.setup.goal, self.setup.latent_dim)
-        self.coverage[indices], self.success[indices] = terms.coverage, terms.success
 
     def step(self, indices: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Advance episodes ``indices`` by one env step under checked ``actions`` (len(indices), 2).
@@ -94,18 +93,20 @@ class DreamBatch:
             z[:, -1], a[:, -1] = z_next, 0.0
         self.z[indices], self.a[indices] = z, a
         self.steps[indices] += 1
-        self._observe(indices, z[:, -1])
-        terms = goal_terms(self.achieved[indices], self.desired[indices], self.setup.goal, self.setup.latent_dim)
-        self.coverage[indices], self.success[indices] = terms.coverage, terms.success
+        terms = self._observe(indices, z[:, -1])
         rewards, terminated = terms.reward(self.setup.reward), terms.success.copy()
         limit = self.setup.max_episode_steps
         truncated = self.steps[indices] >= limit if limit is not None else np.zeros(len(indices), bool)
         return rewards, terminated, truncated & ~terminated
 
-    def _observe(self, indices: np.ndarray, z: np.ndarray) -> None:
+    def _observe(self, indices: np.ndarray, z: np.ndarray) -> GoalTerms:
+        """Record the new latents' probed state and goal vector, and what the goal vectors say."""
         probed = self.setup.world_model.probe(z)
         self.probed[indices] = probed
         self.achieved[indices] = goal_vectors(z, probed[:, 2:5])
+        terms = goal_terms(self.achieved[indices], self.desired[indices], self.setup.goal, self.setup.latent_dim)
+        self.coverage[indices], self.success[indices] = terms.coverage, terms.success
+        return terms
 
     # ------------------------------------------------------------------ what the agent sees
     def observation(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:

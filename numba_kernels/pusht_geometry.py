@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from numba_kernels.pusht_raster import GOAL_POSE, TEE_RECTS
 
@@ -74,36 +74,20 @@ def _convex_intersection_area(subject: np.ndarray, clip: np.ndarray) -> float:
     return abs(0.5 * area)
 
 
-@njit(cache=True, parallel=True)
-def _coverage_batch(
-    block_pose: np.ndarray, goal_pose: np.ndarray, rects: np.ndarray, tee_area: float, out: np.ndarray
-) -> None:
+@njit(cache=True)
+def _coverage_pairs(block_pose: np.ndarray, goal_pose: np.ndarray, rects: np.ndarray, tee_area: float, out: np.ndarray):
+    # Serial on purpose: a pose costs ~1 us, and a parallel region per call (the envs call this
+    # every step) leaves numba's workers spinning against the model's kernels.
+    block = np.empty((4, 2))
     goal = np.empty((2, 4, 2))
-    for j in range(2):
-        _rect_corners(rects[j], goal_pose[0], goal_pose[1], goal_pose[2], goal[j])
-    for b in prange(block_pose.shape[0]):
-        block = np.empty((4, 2))
+    for b in range(block_pose.shape[0]):
+        for j in range(2):
+            _rect_corners(rects[j], goal_pose[b, 0], goal_pose[b, 1], goal_pose[b, 2], goal[j])
         covered = 0.0
         for i in range(2):
             _rect_corners(rects[i], block_pose[b, 0], block_pose[b, 1], block_pose[b, 2], block)
             for j in range(2):
                 covered += _convex_intersection_area(block, goal[j])
-        out[b] = covered / tee_area
-
-
-@njit(cache=True)
-def _coverage_pairs(block_pose: np.ndarray, goal_pose: np.ndarray, rects: np.ndarray, tee_area: float, out: np.ndarray):
-    # Serial on purpose: a pose costs ~1 us, and a parallel region per env step would leave
-    # numba's workers spinning against the model's kernels.
-    block = np.empty((4, 2))
-    goal = np.empty((4, 2))
-    for b in range(block_pose.shape[0]):
-        covered = 0.0
-        for j in range(2):
-            _rect_corners(rects[j], goal_pose[b, 0], goal_pose[b, 1], goal_pose[b, 2], goal)
-            for i in range(2):
-                _rect_corners(rects[i], block_pose[b, 0], block_pose[b, 1], block_pose[b, 2], block)
-                covered += _convex_intersection_area(block, goal)
         out[b] = covered / tee_area
 
 
@@ -130,6 +114,5 @@ def tee_coverage(block_pose: np.ndarray, goal_pose: np.ndarray | None = None) ->
     if poses.shape[1:] != (3,):
         raise ValueError(f"tee_coverage: expected block poses (B, 3), got {poses.shape}")
     goal = GOAL_POSE if goal_pose is None else np.asarray(goal_pose, dtype=np.float64)
-    out = np.empty(poses.shape[0])
-    _coverage_batch(poses, goal, TEE_RECTS, TEE_AREA, out)
+    out = tee_coverage_pairs(poses, np.broadcast_to(goal, poses.shape))
     return float(out[0]) if single else out

@@ -171,16 +171,22 @@ def test_exact_coverage_matches_gym_pusht():
     assert tee_coverage(poses[0]) == tee_coverage(poses)[0]
 
 
-def test_coverage_pairs_match_one_goal_at_a_time():
-    """The batched kernel the envs use (a goal per row) equals tee_coverage goal by goal."""
+def test_coverage_pairs_are_rigid_motion_invariant():
+    """The batched kernel the envs use (a goal per row): moving block and goal together by the same
+    rigid motion changes nothing, so each row equals the coverage of the block moved into gym-pusht's
+    fixed goal frame (which test_exact_coverage_matches_gym_pusht checks against shapely)."""
     from numba_kernels.pusht_geometry import tee_coverage, tee_coverage_pairs
+    from numba_kernels.pusht_raster import GOAL_POSE
 
     rng = np.random.default_rng(3)
     goals = np.column_stack([rng.uniform(150, 360, (64, 2)), rng.uniform(0, 2 * np.pi, 64)])
     blocks = goals + np.column_stack([rng.normal(0, 30, (64, 2)), rng.normal(0, 0.5, 64)])
     pairs = tee_coverage_pairs(blocks, goals)
-    expected = np.array([tee_coverage(b, g) for b, g in zip(blocks, goals, strict=True)])
-    np.testing.assert_array_equal(pairs, expected)
+    turn = GOAL_POSE[2] - goals[:, 2]
+    c, s = np.cos(turn), np.sin(turn)
+    dx, dy = blocks[:, 0] - goals[:, 0], blocks[:, 1] - goals[:, 1]
+    moved = np.column_stack([GOAL_POSE[0] + c * dx - s * dy, GOAL_POSE[1] + s * dx + c * dy, blocks[:, 2] + turn])
+    np.testing.assert_allclose(pairs, tee_coverage(moved), atol=1e-9)
     assert 0.0 < pairs.min() < pairs.max() < 1.0
     np.testing.assert_allclose(tee_coverage_pairs(goals, goals), 1.0, atol=1e-12)
     with pytest.raises(ValueError, match="two \\(B, 3\\) arrays"):
