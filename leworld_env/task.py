@@ -44,7 +44,8 @@ def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
     return str(value)
 
 
-def _positive_int(name: str, value: Any) -> int:
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1, or a ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive whole number, got {value!r}")
     return int(value)
@@ -126,11 +127,11 @@ def make_setup(
     """Check every argument (a clear ``ValueError`` naming it) and load the model and the start bank."""
     goal = _choice("goal", goal, GOALS)
     reward = _choice("reward", reward, REWARDS)
-    history = _positive_int("history", history)
+    history = check_positive_int("history", history)
     if max_episode_steps is not None:
-        max_episode_steps = _positive_int("max_episode_steps", max_episode_steps)
+        max_episode_steps = check_positive_int("max_episode_steps", max_episode_steps)
     if frameskip is not None:
-        frameskip = _positive_int("frameskip", frameskip)
+        frameskip = check_positive_int("frameskip", frameskip)
     world_model = open_model(model, backend, port)
     config = world_model.config
     if config.action_dim != 2:

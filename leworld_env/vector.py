@@ -24,6 +24,7 @@ from leworld_env.task import (
     DEFAULT_EPISODE_STEPS,
     RENDER_FPS,
     check_actions,
+    check_positive_int,
     check_render_size,
     compute_reward_batch,
     draw_scene,
@@ -34,12 +35,6 @@ from world_models.interface import WorldModel
 from world_models.runtime import DEFAULT_MODEL
 
 
-def _positive_envs(num_envs: Any) -> int:
-    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-        raise ValueError(f"num_envs must be a positive whole number, got {num_envs!r}")
-    return int(num_envs)
-
-
 class Batched:
     """Arguments, the batch, per-env generators and rendering, shared by both vector classes."""
 
@@ -48,7 +43,7 @@ class Batched:
             raise ValueError(f"render_mode {render_mode!r} is not supported by a batched env; use 'rgb_array'")
         self.setup = make_setup(**task)
         self.world_model = self.setup.world_model
-        self.batch = DreamBatch(self.setup, _positive_envs(num_envs))
+        self.batch = DreamBatch(self.setup, check_positive_int("num_envs", num_envs))
         self.rngs: list[np.random.Generator | None] = [None] * self.batch.num_envs
         self.render_size = check_render_size(render_size)
 
