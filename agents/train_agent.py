@@ -90,7 +90,8 @@ def train_agent(config: TrainAgentConfig) -> Path:
     params = load_hyperparams(config.algo, config.hyperparams)
     n_envs = int(config.n_envs or params.pop("n_envs", 16))  # the CLI's value, else the YAML's
     timesteps = int(config.timesteps or params.pop("n_timesteps", 100_000))
-    params.pop("n_envs", None), params.pop("n_timesteps", None)  # not algorithm arguments
+    for key in ("n_envs", "n_timesteps"):  # not algorithm arguments
+        params.pop(key, None)
     policy = params.pop("policy", "MultiInputPolicy")
     env_kwargs = dict(params.pop("env_kwargs", {}) or {})
     if params.get("replay_buffer_class") == "HerReplayBuffer":
