@@ -227,6 +227,36 @@ def evaluate(
     )
 
 
+def log_evaluation(result: EvaluationResult, logdir: Path, frames: list[np.ndarray]) -> None:
+    """Write an evaluation to TensorBoard: ``eval/*`` summary scalars, ``episode/*`` per episode
+    (step = episode index), ``plan/decision_ms``, and the first episode as ``eval/first_episode`` video."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from world_models.video import add_video
+
+    writer = SummaryWriter(str(logdir))
+    try:
+        summary = {
+            "eval/success_rate": result.success_rate,
+            "eval/mean_final_coverage": result.mean_final_coverage,
+            "eval/mean_max_coverage": result.mean_max_coverage,
+            "eval/mean_final_position_error": result.mean_final_position_error,
+            "eval/mean_steps": result.mean_steps,
+            "plan/decision_ms": result.mean_decision_seconds * 1e3,
+        }
+        for tag, value in summary.items():
+            writer.add_scalar(tag, value, 0)
+        for episode in result.results:
+            writer.add_scalar("episode/success", float(episode.success), episode.index)
+            writer.add_scalar("episode/final_coverage", episode.final_coverage, episode.index)
+            writer.add_scalar("episode/final_position_error", episode.final_position_error, episode.index)
+            writer.add_scalar("episode/steps", episode.steps, episode.index)
+        if frames:
+            add_video(writer, "eval/first_episode", frames, 0, fps=10)
+    finally:
+        writer.close()
+
+
 def load_agent(name: str, world_model: Any, seed: int = 0, **planner_kwargs: Any) -> Any:
     """``cem``, ``icem``, ``mppi``, ``random``, or a stable-baselines3 ``.zip`` (PPO or SAC)."""
     from agents.planning import PLANNERS, RandomAgent, make_planner

@@ -7,8 +7,8 @@ The whole recipe, top to bottom:
    ``VecMonitor`` for episode statistics;
 3. an ``EvalCallback`` on the real twin (gym-pusht physics, the same spaces) every
    ``eval_every`` steps: it logs ``eval/mean_reward`` and ``eval/success_rate`` to
-   TensorBoard and keeps the best model; a ``CheckpointCallback`` saves every
-   ``checkpoint_every`` steps;
+   TensorBoard, then one real episode as the video ``eval/real_episode``, and keeps the
+   best model; a ``CheckpointCallback`` saves every ``checkpoint_every`` steps;
 4. ``model.learn``; the final model goes to ``OUT/model.zip``. ``resume=True`` continues
    from the newest checkpoint in ``OUT/checkpoints``. SAC's replay buffer is not kept: after
    a resume SAC collects ``learning_starts`` fresh steps before it trains again.
@@ -75,6 +75,43 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def episode_video_callback(config: TrainAgentConfig, env_kwargs: dict[str, Any]) -> Any:
+    """A callback for after each evaluation: one real-twin episode of the current policy, rendered and
+    logged to the run's TensorBoard as ``eval/real_episode`` (an animated GIF summary; no moviepy)."""
+    import gymnasium as gym
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import TensorBoardOutputFormat
+
+    import leworld_env
+    from world_models.video import add_video
+
+    class EpisodeVideo(BaseCallback):
+        def _on_step(self) -> bool:
+            writers = [f.writer for f in self.logger.output_formats if isinstance(f, TensorBoardOutputFormat)]
+            if not writers:
+                return True
+            env = gym.make(
+                leworld_env.REAL_ID,
+                model=config.model,
+                backend=config.backend,
+                render_mode="rgb_array",
+                render_size=128,
+                **env_kwargs,
+            )
+            obs, _ = env.reset(seed=config.seed + 20_000)
+            frames, done = [env.render()], False
+            while not done:
+                action, _ = self.model.predict(obs, deterministic=True)
+                obs, _, terminated, truncated, _ = env.step(action)
+                frames.append(env.render())
+                done = terminated or truncated
+            env.close()
+            add_video(writers[0], "eval/real_episode", frames, self.num_timesteps, fps=10)
+            return True
+
+    return EpisodeVideo()
+
+
 def train_agent(config: TrainAgentConfig) -> Path:
     """Train as configured; returns the path of the final ``model.zip``."""
     import gymnasium as gym
@@ -115,6 +152,7 @@ def train_agent(config: TrainAgentConfig) -> Path:
         [
             EvalCallback(
                 eval_env,
+                callback_after_eval=episode_video_callback(config, env_kwargs),
                 eval_freq=max(1, config.eval_every // n_envs),
                 n_eval_episodes=config.eval_episodes,
                 best_model_save_path=str(out / "best"),

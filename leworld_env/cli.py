@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from leworld_env.cli_play import add_demo, add_planner_args, add_play, planner_kwargs
 from world_models.argtypes import positive_int
 from world_models.errors import LeWorldError
 
@@ -310,26 +311,26 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="episode i starts from (seed, i) (0)")
     p.add_argument("--model", default="pusht-tiny", help="world model: shipped name or folder (pusht-tiny)")
     p.add_argument("--backend", help="numba-q4 (default), numba or torch")
-    p.add_argument("--samples", type=positive_int, help="planner: candidate sequences per iteration (300)")
-    p.add_argument("--iterations", type=positive_int, help="planner: iterations per decision (cem 30, icem/mppi 10)")
-    p.add_argument("--horizon", type=positive_int, help="planner: model steps planned ahead (5)")
+    add_planner_args(p)
     p.add_argument("--json", type=Path, help="write the results (summary and every episode) here")
-    p.add_argument("--video", type=Path, help="write the first episode as a GIF here")
+    p.add_argument("--video", type=Path, help="write the first episode here (.gif or .mp4)")
+    p.add_argument("--tensorboard", type=Path, help="log the summary, every episode and the first one's video here")
     p.set_defaults(run=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     import world_models
     from agents.evaluate import evaluate, load_agent
+    from leworld_env.video import check_video_path, write_video
     from world_models.files import atomic_write_bytes
 
-    planner = {k: v for k in ("samples", "iterations", "horizon") if (v := getattr(args, k)) is not None}
-    if args.samples is not None and args.samples < 30 and args.agent in ("cem", "icem"):
-        planner["topk"] = max(1, args.samples // 10)
+    planner = planner_kwargs(args)
+    if args.video is not None:
+        check_video_path(args.video)
     try:
         wm = world_models.load(args.model, backend=args.backend)
         agent = load_agent(args.agent, wm, seed=args.seed, **planner)
-        frames: list | None = [] if args.video else None
+        frames: list | None = [] if args.video or args.tensorboard else None
         result = evaluate(
             agent,
             args.agent,
@@ -348,10 +349,13 @@ def run_eval(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.json, result.to_json().encode())
         print(f"results written to {args.json}")
     if args.video and frames:
-        from leworld_env.video import write_gif
-
-        write_gif(args.video, frames, fps=10)
+        write_video(args.video, frames, fps=10)
         print(f"first episode written to {args.video} ({len(frames)} frames)")
+    if args.tensorboard:
+        from agents.evaluate import log_evaluation
+
+        log_evaluation(result, args.tensorboard, frames or [])
+        print(f"tensorboard --logdir {args.tensorboard}")
     return 0
 
 
@@ -405,13 +409,6 @@ def run_train_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-def _play_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--headless", action="store_true", help="no window; draw to --record")
-    p.add_argument("--agent", help="keyboard, cem, an SB3 .zip, or replay")
-    p.add_argument("--steps", type=positive_int)
-    p.add_argument("--record", type=Path, help="out.gif or out.mp4")
-
-
 def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", choices=["emulate"], help="serve the serial protocol")
     p.add_argument("--kind", choices=["esp32", "fpga"])
@@ -419,15 +416,8 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tcp", type=positive_int, metavar="PORT", help="serve on a TCP port")
 
 
-def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--episodes", type=positive_int, default=3)
-    p.add_argument("--out", type=Path, help="where the GIF goes")
-
-
 PENDING = [
-    ("play", "pygame playback of real vs imagined rollouts", "the playback issue", _play_args),
     ("device", "ESP32 / FPGA emulators and serial tools", "the hardware backend issue", _device_args),
-    ("demo", "plan real PushT episodes with the shipped model", "the playback issue", _demo_args),
 ]
 
 
@@ -448,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize(sub)
     add_eval(sub)
     add_train_agent(sub)
+    add_play(sub)
+    add_demo(sub)
     for name, help_text, issue, arguments in PENDING:
         add_pending(sub, name, help_text, issue, arguments)
     return parser

@@ -15,7 +15,7 @@ class HumanWindow:
     def __init__(self, title: str, fps: int) -> None:
         import pygame
 
-        self._pygame = pygame
+        self.pygame = pygame
         pygame.init()
         pygame.display.init()
         pygame.display.set_caption(title)
@@ -25,7 +25,7 @@ class HumanWindow:
 
     def show(self, frame: np.ndarray) -> None:
         """Draw one (H, W, 3) uint8 frame and keep the window responsive."""
-        pygame = self._pygame
+        pygame = self.pygame
         height, width = frame.shape[:2]
         if self.screen is None or self.screen.get_size() != (width, height):
             self.screen = pygame.display.set_mode((width, height))
@@ -35,5 +35,9 @@ class HumanWindow:
         pygame.display.flip()
         self.clock.tick(self.fps)
 
+    def events(self) -> list:
+        """The pygame events since the last call (keys, mouse, window close)."""
+        return self.pygame.event.get()
+
     def close(self) -> None:
-        self._pygame.display.quit()
+        self.pygame.display.quit()

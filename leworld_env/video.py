@@ -1,24 +1,63 @@
-"""Animated GIFs from RGB frames (Pillow; no ffmpeg, no moviepy)."""
+"""Recordings from RGB frames: animated GIF (Pillow) or MP4 (OpenCV, which gym-pusht already
+installs); no moviepy, no ffmpeg binary. Files are written atomically."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from world_models.files import atomic_write_bytes
+from world_models.errors import LeWorldError
+from world_models.files import _commit, atomic_write_bytes
+from world_models.video import check_frames, gif_bytes
+
+VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
-def write_gif(path: Path, frames: Sequence[np.ndarray], fps: int = 10) -> None:
+def check_video_path(path: Path) -> Path:
+    """``path`` if it ends in .gif or .mp4 and its folder exists; ``LeWorldError`` otherwise."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise LeWorldError(f"{path}: a recording must end in {' or '.join(VIDEO_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise LeWorldError(f"{path}: folder {path.parent} does not exist")
+    return path
+
+
+def write_gif(path: Path, frames: Sequence[np.ndarray], fps: float = 10.0) -> None:
     """Write uint8 (H, W, 3) frames as a looping GIF, atomically."""
-    import io
+    atomic_write_bytes(Path(path), gif_bytes(frames, fps))
 
-    from PIL import Image
 
-    if not frames:
-        raise ValueError("write_gif: no frames")
-    images = [Image.fromarray(np.asarray(frame, dtype=np.uint8)) for frame in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float = 10.0) -> None:
+    """Write uint8 (H, W, 3) RGB frames as an MPEG-4 video, atomically."""
+    import cv2
+
+    checked = check_frames(frames)
+    height, width = checked[0].shape[:2]
+    path = Path(path)
+    # OpenCV picks the container from the suffix, so the temporary file keeps ".mp4".
+    handle, temporary = tempfile.mkstemp(suffix=".mp4", dir=path.parent, prefix=f".{path.stem}.")
+    os.close(handle)
+    try:
+        writer = cv2.VideoWriter(temporary, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+        if not writer.isOpened():
+            raise LeWorldError(f"{path}: OpenCV cannot write MPEG-4 here; record a .gif instead")
+        for frame in checked:
+            writer.write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
+        writer.release()
+        _commit(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 10.0) -> None:
+    """A .gif or .mp4 by the file's suffix."""
+    path = check_video_path(path)
+    if path.suffix.lower() == ".gif":
+        write_gif(path, frames, fps)
+    else:
+        write_mp4(path, frames, fps)

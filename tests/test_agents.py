@@ -128,6 +128,27 @@ def test_protocol_starts_are_fixed_by_the_seed():
     assert not np.array_equal(pusht[0]["start"], pusht[1]["start"])
 
 
+def test_leworld_eval_logs_to_tensorboard(tmp_path):
+    """Planner metrics: the summary, every episode, and the first episode as a video summary."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from world_models.video import gif_frame_count
+
+    out = tmp_path / "tb"
+    result = run_cli(
+        "eval", "--agent", "mppi", "--episodes", "3", "--samples", "16", "--iterations", "2", "--tensorboard", str(out)
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    logged = EventAccumulator(str(next(out.glob("events.out.tfevents.*"))), size_guidance={"images": 0}).Reload()
+    scalars = logged.Tags()["scalars"]
+    for tag in ("eval/success_rate", "eval/mean_final_coverage", "plan/decision_ms", "episode/final_position_error"):
+        assert tag in scalars, tag
+    assert [e.step for e in logged.Scalars("episode/success")] == [0, 1, 2]
+    assert logged.Scalars("plan/decision_ms")[0].value > 0
+    steps = logged.Scalars("episode/steps")[0].value
+    assert 2 <= gif_frame_count(logged.Images("eval/first_episode")[0].encoded_image_string) <= steps + 1
+
+
 def test_leworld_eval_writes_results_and_a_gif(tmp_path):
     out, gif = tmp_path / "eval.json", tmp_path / "first.gif"
     result = run_cli(
@@ -163,6 +184,7 @@ def test_ppo_in_the_dream_is_evaluated_on_the_real_twin(tmp_path):
 
     from agents.evaluate import load_sb3
     from agents.train_agent import TrainAgentConfig, train_agent
+    from world_models.video import gif_frame_count
 
     config = TrainAgentConfig(
         algo="ppo", out=tmp_path / "ppo", timesteps=2048, n_envs=16, eval_every=1024, eval_episodes=2,
@@ -172,8 +194,13 @@ def test_ppo_in_the_dream_is_evaluated_on_the_real_twin(tmp_path):
     evaluations = np.load(tmp_path / "ppo" / "eval" / "evaluations.npz")
     assert evaluations["results"].shape[0] >= 1 and evaluations["successes"].shape[1] == 2
     events = next((tmp_path / "ppo" / "tb").rglob("events.out.tfevents.*"))
-    tags = EventAccumulator(str(events)).Reload().Tags()["scalars"]
-    assert "eval/success_rate" in tags and "eval/mean_reward" in tags
+    logged = EventAccumulator(str(events), size_guidance={"images": 0}).Reload()
+    tags = logged.Tags()
+    assert "eval/success_rate" in tags["scalars"] and "eval/mean_reward" in tags["scalars"]
+    # After each evaluation, one real episode of the policy as an animated summary.
+    videos = logged.Images("eval/real_episode")
+    assert len(videos) == len(evaluations["results"]) and videos[-1].width == 128
+    assert gif_frame_count(videos[-1].encoded_image_string) >= 2
     agent = load_sb3(final)
     result = evaluate(agent, "ppo", "real", "lewm", episodes=2, seed=0, progress=False)
     assert result.decisions > 0

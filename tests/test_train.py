@@ -16,6 +16,7 @@ from tests.conftest import run_cli
 from tests.test_collect import assert_one_line_error
 from world_models import train as train_module
 from world_models.train import TrainConfig, lr_at, train
+from world_models.video import gif_frame_count
 
 SCALARS = [
     "train/loss",
@@ -80,7 +81,7 @@ def test_tiny_run_writes_a_loadable_model(tiny_run, short_dataset):
     assert wm.probe(z).shape == (3, 5)
 
 
-def test_tiny_run_logs_every_scalar_and_the_image_strip(tiny_run):
+def test_tiny_run_logs_every_scalar_the_image_strip_and_the_video(tiny_run):
     acc = events(tiny_run)
     tags = acc.Tags()
     missing = [t for t in SCALARS if t not in tags["scalars"]]
@@ -90,6 +91,12 @@ def test_tiny_run_logs_every_scalar_and_the_image_strip(tiny_run):
     assert "rollout/real_vs_imagined" in tags["images"]
     image = acc.Images("rollout/real_vs_imagined")[-1]
     assert image.width == 5 * 64 and image.height == 4 * 2 * 64
+    # The open-loop video (a GIF summary, written without moviepy): one frame per horizon,
+    # four clips stacked, observed | imagined side by side.
+    video = acc.Images("rollout/open_loop_video")[-1]
+    assert video.width == 2 * 64 and video.height == 4 * 64
+    assert [e.step for e in acc.Images("rollout/open_loop_video")] == [10, 20]
+    assert gif_frame_count(video.encoded_image_string) == 5
 
 
 def test_existing_run_needs_resume(tiny_run, short_dataset):

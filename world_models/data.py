@@ -110,6 +110,49 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
 
 
 @dataclass(frozen=True)
+class EpisodeSteps:
+    """One dataset episode at model-step boundaries (for replay).
+
+    Attributes:
+        state: float64 (K + 1, 5): agent x, y, block x, y, angle at model steps 0..K.
+        actions: float32 (K, 2): the relative action held over model step k.
+        frameskip: physics steps per model step.
+    """
+
+    state: np.ndarray
+    actions: np.ndarray
+    frameskip: int
+
+
+def read_episode(path: str | Path, index: int) -> EpisodeSteps:
+    """Episode ``index`` of a ``leworld collect`` dataset, cut at its held actions' boundaries.
+
+    Raises:
+        DatasetError: no such episode, or the file is truncated or corrupt.
+    """
+    import h5py
+
+    info = load_dataset_info(path)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < info.total_episodes:
+        raise DatasetError(f"{path}: no episode {index!r}; the dataset holds episodes 0..{info.total_episodes - 1}")
+    fs = info.frameskip
+    h5_file = data_path(info.path) / "main_data.hdf5"
+    try:
+        with h5py.File(h5_file, "r") as f:
+            group = f[f"episode_{int(index)}"]
+            n_actions = len(group["actions"]) // fs
+            frames = slice(0, n_actions * fs + 1, fs)
+            obs = group["observations"]
+            state = np.concatenate([obs["agent_pos"][frames], obs["block_pose"][frames]], axis=1)
+            actions = np.asarray(group["actions"][0 : n_actions * fs : fs], dtype=np.float32)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise DatasetError(f"{h5_file}: truncated or corrupt dataset ({err})") from None
+    if n_actions < 1:
+        raise DatasetError(f"{h5_file}: episode {index} is shorter than one model step ({fs} physics steps)")
+    return EpisodeSteps(state=state.astype(np.float64), actions=actions, frameskip=fs)
+
+
+@dataclass(frozen=True)
 class ClipBatch:
     """A batch of clips of L model steps (numpy; see :meth:`to_torch`).
 

@@ -42,6 +42,7 @@ from world_models.errors import LeWorldError
 from world_models.io import atomic_write_bytes, save_model
 from world_models.lewm import LeWM, count_parameters, init_weights, local_statistics, recalibrate_batchnorm
 from world_models.probe import apply_ridge, fit_dataset_probe, fit_ridge
+from world_models.video import add_video
 
 CHECKPOINT = "checkpoint.pt"
 ROLLOUT_HORIZON = 5
@@ -146,8 +147,12 @@ def open_loop_errors(model: LeWM, clips: PushTClips, batches: int, batch_size: i
 
 
 @torch.no_grad()
-def image_strip(model: LeWM, train: PushTClips, val: PushTClips, rows: int = 4) -> np.ndarray:
-    """Real frames (top) and frames drawn from the ridge-probed predicted state (bottom), per horizon."""
+def open_loop_frames(model: LeWM, train: PushTClips, val: PushTClips, rows: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Observed frames and frames drawn from the ridge-probed imagined state, (rows, horizon, S, S, 3) each.
+
+    The imagination is open loop: ``history`` real frames, then the predictor alone under
+    the clip's actions for ``ROLLOUT_HORIZON`` model steps (as DreamerV3's open-loop videos).
+    """
     model.eval()
     h = model.cfg.history
     rng = np.random.default_rng(0)  # its own draws: the training sampler's sequence stays untouched
@@ -161,11 +166,21 @@ def image_strip(model: LeWM, train: PushTClips, val: PushTClips, rows: int = 4) 
     states = apply_ridge(weights, pred).numpy().astype(np.float64)
     size = model.cfg.image_size
     drawn = render_pusht(states[..., :2].reshape(-1, 2), states[..., 2:].reshape(-1, 3), size)
-    drawn = drawn.reshape(rows, ROLLOUT_HORIZON, size, size, 3)
-    real = batch.pixels[:, h:]
-    pairs = np.concatenate([real, drawn], axis=2)  # (rows, H, 2*size, size, 3)
     model.train()
-    return pairs.transpose(0, 2, 1, 3, 4).reshape(rows * 2 * size, ROLLOUT_HORIZON * size, 3)
+    return batch.pixels[:, h:], drawn.reshape(rows, ROLLOUT_HORIZON, size, size, 3)
+
+
+def image_strip(real: np.ndarray, imagined: np.ndarray) -> np.ndarray:
+    """One image: per clip, observed frames over imagined ones, horizons left to right."""
+    rows, horizon, size = real.shape[:3]
+    pairs = np.concatenate([real, imagined], axis=2)  # (rows, H, 2*size, size, 3)
+    return pairs.transpose(0, 2, 1, 3, 4).reshape(rows * 2 * size, horizon * size, 3)
+
+
+def open_loop_video(real: np.ndarray, imagined: np.ndarray) -> list[np.ndarray]:
+    """One frame per horizon: the clips stacked, each observed | imagined side by side."""
+    pairs = np.concatenate([real, imagined], axis=3)  # (rows, H, size, 2*size, 3)
+    return [np.concatenate(list(pairs[:, t]), axis=0) for t in range(real.shape[1])]
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -336,7 +351,9 @@ def validate(model: LeWM, train_clips: PushTClips, val_clips: PushTClips, cfg: T
         writer.add_scalar(f"rollout/mse_h{k + 1}", errors["rollout"][k], step)
         writer.add_scalar(f"rollout/copy_last_mse_h{k + 1}", errors["copy_last"][k], step)
         writer.add_scalar(f"rollout/ratio_h{k + 1}", errors["rollout"][k] / max(errors["copy_last"][k], 1e-12), step)
-    writer.add_image("rollout/real_vs_imagined", image_strip(model, train_clips, val_clips), step, dataformats="HWC")
+    real, imagined = open_loop_frames(model, train_clips, val_clips)
+    writer.add_image("rollout/real_vs_imagined", image_strip(real, imagined), step, dataformats="HWC")
+    add_video(writer, "rollout/open_loop_video", open_loop_video(real, imagined), step, fps=4)
     model.train()
 
 
