@@ -25,11 +25,18 @@ from numba_kernels.pusht_geometry import tee_coverage_pairs
 from numba_kernels.pusht_raster import GOAL_POSE, WORLD_SIZE, render_pusht
 from world_models.errors import LeWorldError
 from world_models.interface import WorldModel
-from world_models.runtime import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, SHIPPED_DIR, load, resolve_model
+from world_models.runtime import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_MODEL,
+    DEVICE_BACKENDS,
+    SHIPPED_DIR,
+    load,
+    resolve_model,
+)
 
 GOALS = ("fixed", "dataset")
 REWARDS = ("coverage", "latent", "success")
-HARDWARE_BACKENDS = ("esp32", "fpga")
 POSE_FEATURES = 4  # x / 512, y / 512, sin angle, cos angle
 FIXED_GOAL_AGENT = (350.0, 160.0)  # where the agent stands in the fixed goal's frame: clear of the goal tee
 DEFAULT_EPISODE_STEPS = 60  # gym-pusht's 300 physics steps at the default frameskip of 5
@@ -61,11 +68,11 @@ def open_model(model: str | Path | WorldModel, backend: str | None, port: str | 
             raise ValueError(f"model is already loaded on backend {model.backend!r}; backend={backend!r} disagrees")
         return model
     backend = DEFAULT_BACKEND if backend is None else _choice("backend", backend, BACKENDS)
-    if backend in HARDWARE_BACKENDS and not port:
+    if backend in DEVICE_BACKENDS and not port:
         raise ValueError(f"backend {backend!r} needs port= (a device path such as /dev/ttyUSB0, or a pyserial URL)")
-    if backend not in HARDWARE_BACKENDS and port is not None:
-        raise ValueError(f"port= is for the hardware backends ({', '.join(HARDWARE_BACKENDS)}), not {backend!r}")
-    if backend in HARDWARE_BACKENDS:
+    if backend not in DEVICE_BACKENDS and port is not None:
+        raise ValueError(f"port= is for the hardware backends ({', '.join(DEVICE_BACKENDS)}), not {backend!r}")
+    if backend in DEVICE_BACKENDS:
         return load(model, backend=backend, port=port)
     key = (str(Path(model).resolve()) if Path(model).exists() else str(model), backend)
     if key not in _MODEL_CACHE:

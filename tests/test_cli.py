@@ -1,4 +1,4 @@
-"""The ``leworld`` command: help everywhere, honest placeholders, a benchmark that runs."""
+"""The ``leworld`` command: help everywhere, one-line errors, benchmarks that run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from leworld_env.cli import PENDING, main
+from leworld_env.cli import main
 from tests.conftest import run_cli
 from tests.test_collect import assert_one_line_error
 
@@ -19,13 +19,6 @@ def test_every_sub_command_has_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"leworld {command}" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("command", [name for name, *_ in PENDING])
-def test_commands_to_come_say_so_and_exit_2(command, capsys):
-    assert main([command]) == 2
-    err = capsys.readouterr().err
-    assert "not available yet" in err and err.count("\n") == 1
 
 
 def test_unknown_command_is_one_line():

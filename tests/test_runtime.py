@@ -98,7 +98,7 @@ def test_default_backend_is_numba_q4_with_an_lq40_else_numba(model_dir):
 def test_unknown_names_and_backends(model_dir):
     with pytest.raises(LeWorldError, match=r"unknown backend 'cuda'.*numba-q4"):
         world_models.load(model_dir, backend="cuda")
-    with pytest.raises(LeWorldError, match="not available yet"):
+    with pytest.raises(LeWorldError, match="backend 'esp32' needs port="):
         world_models.load(model_dir, backend="esp32")
     with pytest.raises(LeWorldError, match=r"no model\.lq40 for backend 'numba-q4'; make one with leworld quantize"):
         world_models.load(model_dir, backend="numba-q4")

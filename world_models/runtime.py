@@ -24,7 +24,7 @@ from world_models.interface import WorldModel
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 DEFAULT_MODEL = "pusht-tiny"
 BACKENDS = ("torch", "numba", "numba-q4", "esp32", "fpga")
-AVAILABLE_BACKENDS = ("torch", "numba", "numba-q4")
+DEVICE_BACKENDS = ("esp32", "fpga")  # behind a serial link; they take port=
 DEFAULT_BACKEND = "numba-q4"
 LQ40_FILE = "model.lq40"
 
@@ -50,15 +50,16 @@ def resolve_model(name_or_path: str | Path) -> Path:
     )
 
 
-def resolve_lq40(name_or_path: str | Path) -> Path:
-    """An ``.lq40`` file: given directly, or ``model.lq40`` inside a model folder or shipped model."""
+def resolve_lq40(name_or_path: str | Path, backend: str = "numba-q4") -> Path:
+    """An ``.lq40`` file: given directly, or ``model.lq40`` inside a model folder or shipped model
+    (``backend`` only names who needs it in the error)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
     folder = resolve_model(name_or_path)
     if not (folder / LQ40_FILE).is_file():
         raise LeWorldError(
-            f"{folder}: no {LQ40_FILE} for backend 'numba-q4'; make one with "
+            f"{folder}: no {LQ40_FILE} for backend {backend!r}; make one with "
             f"leworld quantize --model {folder} --mode full --out {folder / LQ40_FILE}"
         )
     return folder / LQ40_FILE
@@ -69,11 +70,15 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, *
 
     Args:
         name_or_path: a shipped model's name (default ``pusht-tiny``), a model folder, or
-            (for ``numba-q4``) an ``.lq40`` file.
+            (for ``numba-q4``, ``esp32`` and ``fpga``) an ``.lq40`` file.
         backend: ``numba-q4`` (the folder's ``model.lq40`` on numba kernels, no torch),
             ``numba`` (float32 weights on numba kernels, no torch) or ``torch`` (float32, torch);
-            ``esp32`` and ``fpga`` arrive with the device issue. ``None`` (default): ``numba-q4``
-            when the model has an ``.lq40`` (the shipped ones do), else ``numba``.
+            ``esp32`` and ``fpga``: the ``.lq40`` on a device behind a serial link (docs/protocol.md).
+            ``None`` (default): ``numba-q4`` when the model has an ``.lq40`` (the shipped ones do),
+            else ``numba``.
+        kwargs: for ``esp32`` and ``fpga`` only: ``port`` (required: a device path such as
+            ``/dev/ttyUSB0`` or a pyserial URL such as ``socket://HOST:PORT``), ``timeout``
+            (seconds per call, 2), ``retries`` (3) and ``baud`` (921600).
     """
     if backend is None:
         path = Path(name_or_path)
@@ -81,8 +86,11 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, *
         backend = DEFAULT_BACKEND if has_lq40 else "numba"
     if backend not in BACKENDS:
         raise LeWorldError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    if backend not in AVAILABLE_BACKENDS:
-        raise LeWorldError(f"backend {backend!r} is not available yet; available: {', '.join(AVAILABLE_BACKENDS)}")
+    if backend in DEVICE_BACKENDS:
+        from world_models.devices.client import open_device_model
+
+        options = dict(kwargs)
+        return open_device_model(name_or_path, backend, options.pop("port", None), **options)
     if kwargs:
         raise LeWorldError(f"backend {backend!r} takes no options, got {', '.join(kwargs)}")
     if backend == "numba-q4":

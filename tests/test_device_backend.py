@@ -1,0 +1,349 @@
+"""The esp32 / fpga backends end to end: emulators on a pty and over socket://, env episodes against the
+in-process references, planners, fault injection (bounded time, never twice, clear errors, recovery), and
+the ``leworld device emulate`` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import leworld_env  # noqa: F401  (registers the env ids)
+import world_models
+from world_models.devices import client as device_client
+from world_models.devices.client import DeviceError, DeviceLink, DeviceTimeoutError
+from world_models.devices.emulator import make_emulator
+from world_models.devices.faults import FaultPlan
+from world_models.devices.protocol import LOAD_REQUEST, Command, LoadOp
+from world_models.errors import LeWorldError
+from world_models.interface import WorldModel
+from world_models.runtime import resolve_lq40
+
+MODEL = "pusht-tiny"
+LQ40 = resolve_lq40(MODEL)
+FAST = {"timeout": 0.3, "retries": 2}
+
+
+@pytest.fixture(scope="module")
+def reference() -> WorldModel:
+    return world_models.load(MODEL, backend="numba-q4")
+
+
+@pytest.fixture(scope="module")
+def esp32_pty():
+    """An ESP32 emulator on a pty that starts without a model (the first host sends it)."""
+    emulator = make_emulator("esp32").start()
+    yield emulator
+    emulator.stop()
+
+
+def _inputs(batch: int, seed: int = 0, horizon: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((batch, 3, 64)).astype(np.float32)
+    a = rng.uniform(-1, 1, (batch, 3, 2)).astype(np.float32)
+    return z, a, rng.uniform(-1, 1, (batch, horizon, 2)).astype(np.float32)
+
+
+def _episode(env: gym.Env, seed: int, steps: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    obs, info = env.reset(seed=seed)
+    trace = [{**obs, "state": info["state"]}]
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, 2).astype(np.float32))
+        trace.append({**obs, "state": info["state"], "reward": np.float64(reward)})
+        if terminated or truncated:
+            break
+    return trace
+
+
+# ---------------------------------------------------------------------- ESP32: env, planners, socket://
+def test_env_episode_on_the_esp32_emulator_matches_numba_q4(esp32_pty):
+    env = gym.make("LeWorld-PushT-v0", backend="esp32", port=esp32_pty.path)
+    wm = env.unwrapped.world_model
+    try:
+        assert wm.backend == "esp32" and wm.info.kind_name == "esp32"
+        assert esp32_pty.device.model_size == LQ40.stat().st_size  # the host sent the model
+        device_trace = _episode(env, seed=5, steps=30)
+        stats = wm.stats()
+    finally:
+        wm.close()
+        env.close()
+    local_trace = _episode(gym.make("LeWorld-PushT-v0", backend="numba-q4"), seed=5, steps=30)
+    assert len(device_trace) == len(local_trace) > 10
+    for ours, theirs in zip(device_trace, local_trace, strict=True):
+        for key in ours:
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    assert stats["predict"] >= len(device_trace) - 1 and stats["encode"] >= 1  # it ran on the device
+
+
+def test_a_second_host_finds_the_model_loaded_and_a_planner_runs_unchanged(esp32_pty, reference):
+    from agents.planning import make_planner
+
+    wm = world_models.load(MODEL, backend="esp32", port=esp32_pty.path)
+    try:
+        assert not wm.ensure_model()  # same size and CRC-32: nothing sent
+        env = gym.make("LeWorld-PushT-v0", model=reference)
+        obs, _ = env.reset(seed=1)
+        actions = []
+        for model in (wm, reference):
+            planner = make_planner("cem", model, samples=40, iterations=2, topk=4, horizon=4, seed=0)
+            actions.append(planner.predict(obs)[0])
+        np.testing.assert_allclose(actions[0], actions[1], atol=1e-5)
+        assert wm.stats()["rollout"] >= 2
+    finally:
+        wm.close()
+
+
+def test_socket_url_and_batches_split_across_frames(reference):
+    with make_emulator("esp32", MODEL, tcp=0, max_frame=4096) as emulator:
+        emulator.start()
+        assert emulator.path.startswith("socket://127.0.0.1:")
+        wm = world_models.load(MODEL, backend="esp32", port=emulator.path, timeout=1.0)
+        try:
+            z, a, future = _inputs(40)
+            np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(wm.rollout(z, a, future), reference.rollout(z, a, future), rtol=1e-5, atol=1e-5)
+            pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+            np.testing.assert_allclose(wm.encode(pixels), reference.encode(pixels), rtol=1e-5, atol=1e-5)
+            stats = wm.stats()
+            assert stats["predict"] > 1 and stats["rows_predicted"] >= 40 + 40 * 4  # split over several frames
+        finally:
+            wm.close()
+
+
+def test_latency_model_is_announced_by_ack_so_a_short_timeout_does_not_retry(reference):
+    with make_emulator("esp32", MODEL, latency="esp32-p4") as emulator:
+        emulator.start()
+        wm = world_models.load(MODEL, backend="esp32", port=emulator.path, timeout=0.05, retries=0)
+        try:
+            z, a, _ = _inputs(1)
+            start = time.monotonic()
+            np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
+            assert time.monotonic() - start > 0.1  # ~138 ms for this model on an ESP32-P4
+            assert wm.link.counters["retries"] == 0
+        finally:
+            wm.close()
+
+
+# ---------------------------------------------------------------------- FPGA
+class FixedPointReference(WorldModel):
+    """In-process: the fixed-point predictor for predict / rollout, numba-q4 for encode and the probe."""
+
+    backend = "fixed-point-reference"
+
+    def __init__(self, path: Path) -> None:
+        from world_models.fixed_point import FixedPointPredictor
+        from world_models.numba_engine import NumbaWorldModel
+
+        self.fixed = FixedPointPredictor.from_lq40(path)
+        self.local = NumbaWorldModel.from_lq40(path)
+        self.config, self.path, self.has_probe = self.local.config, Path(path), self.local.has_probe
+
+    def _encode(self, pixels: np.ndarray) -> np.ndarray:
+        return self.local._encode(pixels)
+
+    def _predict(self, z_hist: np.ndarray, a_hist: np.ndarray) -> np.ndarray:
+        return self.fixed.predict(z_hist, a_hist)
+
+    def _rollout(self, z_hist: np.ndarray, a_hist: np.ndarray, a_future: np.ndarray) -> np.ndarray:
+        return self.fixed.rollout(z_hist, a_hist, a_future)
+
+    def _probe_targets(self, z: np.ndarray) -> np.ndarray:
+        return self.local._probe_targets(z)
+
+
+def test_env_episode_on_the_fpga_emulator_is_its_fixed_point_reference_exactly(reference):
+    pytest.importorskip("world_models.fixed_point")
+    with make_emulator("fpga") as emulator:
+        emulator.start()
+        env = gym.make("LeWorld-PushT-v0", backend="fpga", port=emulator.path)
+        wm = env.unwrapped.world_model
+        try:
+            assert not wm.info.capabilities & 0x04  # no ENCODE: the host encodes in-process
+            device_trace = _episode(env, seed=7, steps=30)
+            z, a, future = _inputs(5)
+            device_rollout = wm.rollout(z, a, future)
+            stats = wm.stats()
+        finally:
+            wm.close()
+    fixed = FixedPointReference(LQ40)
+    local_trace = _episode(gym.make("LeWorld-PushT-v0", model=fixed), seed=7, steps=30)
+    assert len(device_trace) == len(local_trace) > 10
+    for ours, theirs in zip(device_trace, local_trace, strict=True):
+        for key in ours:
+            assert np.array_equal(ours[key], theirs[key]), key
+    assert np.array_equal(device_rollout, fixed.rollout(z, a, future))
+    assert stats["predict"] >= len(device_trace) - 1 and "encode" not in stats
+    # Its error against float32 arithmetic on the same weights (reported in docs/protocol.md).
+    expected = reference.predict(z, a)
+    relative = np.sqrt(np.mean((fixed.predict(z, a) - expected) ** 2) / np.mean(expected**2))
+    assert relative < 0.05
+
+
+# ---------------------------------------------------------------------- faults
+def test_a_noisy_link_gives_right_answers_in_bounded_time_and_never_runs_a_command_twice(reference):
+    plan = FaultPlan(drop=0.1, corrupt=0.1, duplicate=0.1, delay=0.1, delay_s=0.2, skip=1, seed=3)
+    with make_emulator("esp32", MODEL, faults=plan) as emulator:
+        emulator.start()
+        wm = world_models.load(MODEL, backend="esp32", port=emulator.path, timeout=0.15, retries=12)
+        try:
+            start = time.monotonic()
+            for i in range(20):
+                z, a, _ = _inputs(2, seed=i)
+                np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
+            elapsed = time.monotonic() - start
+        finally:
+            wm.close()
+        counts = emulator.device.stats()
+        injected = emulator.transport.injected
+    assert elapsed < 30
+    assert counts["predict"] == 20  # exactly once each, whatever was retried
+    assert counts["duplicates"] >= 1 and counts["frames_bad"] >= 1
+    assert wm.link.counters["retries"] >= 1
+    assert all(injected[kind] >= 1 for kind in ("drop", "corrupt", "duplicate", "delay")), injected
+
+
+def test_a_device_that_dies_mid_call_gives_a_clear_error_quickly():
+    plan = FaultPlan(die_after=3)  # HELLO, one PREDICT, then it dies on the second
+    with make_emulator("esp32", MODEL, faults=plan) as emulator:
+        emulator.start()
+        wm = world_models.load(MODEL, backend="esp32", port=emulator.path, **FAST)
+        z, a, _ = _inputs(1)
+        wm.predict(z, a)
+        start = time.monotonic()
+        with pytest.raises(DeviceError, match="is gone") as caught:
+            wm.predict(z, a)
+        assert time.monotonic() - start < 3.0
+        assert emulator.path in str(caught.value)
+        wm.close()
+
+
+def test_a_silent_device_times_out_in_bounded_time_without_running_anything():
+    plan = FaultPlan(drop=1.0, directions="in", skip=1)  # HELLO gets through, nothing after it
+    with make_emulator("esp32", MODEL, faults=plan) as emulator:
+        emulator.start()
+        wm = world_models.load(MODEL, backend="esp32", port=emulator.path, timeout=0.2, retries=2)
+        z, a, _ = _inputs(1)
+        start = time.monotonic()
+        with pytest.raises(DeviceTimeoutError, match=r"no answer .* PREDICT .* after 3 attempt"):
+            wm.predict(z, a)
+        assert 0.6 <= time.monotonic() - start < 2.0
+        assert isinstance(DeviceTimeoutError("x"), TimeoutError) and isinstance(DeviceTimeoutError("x"), LeWorldError)
+        assert emulator.device.stats().get("predict", 0) == 0
+        wm.close()
+
+
+def test_an_echoing_port_is_not_a_device():
+    start = time.monotonic()
+    with pytest.raises(DeviceTimeoutError, match="HELLO"):
+        DeviceLink("loop://", timeout=0.1, retries=1)
+    assert time.monotonic() - start < 1.0
+
+
+def test_recovery_after_a_dropped_connection_reconnects_and_retries_once(reference):
+    plan = FaultPlan(disconnect_after=3)  # the second PREDICT's request is lost with the connection
+    with make_emulator("esp32", MODEL, tcp=0, faults=plan) as emulator:
+        emulator.start()
+        wm = world_models.load(MODEL, backend="esp32", port=emulator.path, **FAST)
+        try:
+            for seed in range(3):
+                z, a, _ = _inputs(2, seed)
+                np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
+            assert wm.link.counters["reconnects"] == 1
+            assert emulator.device.stats()["predict"] == 3
+        finally:
+            wm.close()
+
+
+def test_a_device_that_lost_its_model_gets_it_again(esp32_pty, reference):
+    wm = world_models.load(MODEL, backend="esp32", port=esp32_pty.path, **FAST)
+    try:
+        wm.link.reset(unload=True)  # as after a reboot
+        z, a, _ = _inputs(2)
+        np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
+        assert wm.stats()["load_model"] >= 3
+    finally:
+        wm.close()
+
+
+def test_load_model_resumes_an_interrupted_transfer():
+    blob = LQ40.read_bytes()
+    with make_emulator("esp32") as emulator:
+        emulator.start()
+        with DeviceLink(emulator.path, **FAST) as link:  # a first host sends 3 chunks, then goes away
+            import zlib
+
+            crc = zlib.crc32(blob)
+            link.call(Command.LOAD_MODEL, LOAD_REQUEST.pack(LoadOp.BEGIN, len(blob), crc))
+            for offset in range(0, 3000, 1000):
+                link.call(
+                    Command.LOAD_MODEL, LOAD_REQUEST.pack(LoadOp.CHUNK, offset, crc) + blob[offset : offset + 1000]
+                )
+        wm = world_models.load(MODEL, backend="esp32", port=emulator.path, **FAST)
+        try:
+            stats = wm.stats()
+            assert stats["load_bytes"] == len(blob)  # nothing sent twice
+            assert stats["model_size"] == len(blob) and stats["model_crc32"] == crc
+        finally:
+            wm.close()
+
+
+# ---------------------------------------------------------------------- user mistakes
+def test_user_mistakes_are_clear_one_line_errors(esp32_pty, monkeypatch):
+    with pytest.raises(DeviceError, match=r"cannot open port '/dev/no-such-tty'.*pyserial URL"):
+        world_models.load(MODEL, backend="esp32", port="/dev/no-such-tty")
+    with pytest.raises(LeWorldError, match=r"backend 'fpga' needs port="):
+        world_models.load(MODEL, backend="fpga")
+    with pytest.raises(LeWorldError, match=r"takes port=, timeout=, retries= and baud=, got unknown speed"):
+        world_models.load(MODEL, backend="esp32", port=esp32_pty.path, speed=3)
+    with pytest.raises(LeWorldError, match="timeout must be a positive number"):
+        world_models.load(MODEL, backend="esp32", port=esp32_pty.path, timeout=-1)
+    with pytest.raises(DeviceError, match=r"is an esp32 .*backend='esp32', not 'fpga'"):
+        world_models.load(MODEL, backend="fpga", port=esp32_pty.path, **FAST)
+    monkeypatch.setattr(device_client, "HOST_VERSIONS", (2, 2))
+    with pytest.raises(DeviceError, match="UNSUPPORTED_VERSION: the host speaks versions 2 to 2"):
+        DeviceLink(esp32_pty.path, **FAST)
+    with pytest.raises(LeWorldError, match="unknown device kind 'tpu'"):
+        make_emulator("tpu")
+
+
+# ---------------------------------------------------------------------- the command line
+def test_device_emulate_command_serves_a_pty_until_sigterm(reference, capsys):
+    from leworld_env.cli import main
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "leworld_env.cli", "device", "emulate", "--kind", "esp32", "--pty"]
+    process = subprocess.Popen([*command, "--model", MODEL], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        first = process.stdout.readline()
+        assert first.startswith("esp32 emulator on /dev/pts/"), first
+        port = first.split(" on ")[1].strip()
+        wm = world_models.load(MODEL, backend="esp32", port=port, timeout=2.0)
+        try:
+            assert not wm.ensure_model()  # --model: it holds the shipped model already
+            z, a, _ = _inputs(3)
+            np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
+        finally:
+            wm.close()
+        assert main(["device", "info", "--port", port, "--timeout", "2"]) == 0
+        printed = capsys.readouterr().out
+        assert "kind           esp32" in printed and "predict        1" in printed
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=10)
+    assert process.returncode == 0 and "stopped after" in out
+
+
+def test_device_cli_reports_mistakes_in_one_line(capsys):
+    from leworld_env.cli import main
+
+    assert main(["device", "info", "--port", "/dev/no-such-tty", "--timeout", "0.2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("leworld device: error: cannot open port '/dev/no-such-tty'") and "\n" not in err
