@@ -66,7 +66,12 @@ def run_emulate(args: argparse.Namespace) -> int:
 
     if args.tcp is not None and not 0 <= args.tcp <= 65535:
         raise LeWorldError(f"--tcp must be a TCP port number in [0, 65535], got {args.tcp}")
-    emulator = make_emulator(args.kind, args.model, args.latency, args.baud, args.tcp)
+    _stop_on_sigterm()  # before the (slow) model load: a SIGTERM then stops it cleanly too
+    try:
+        emulator = make_emulator(args.kind, args.model, args.latency, args.baud, args.tcp)
+    except KeyboardInterrupt:
+        print("stopped before serving", flush=True)
+        return 0
     try:
         held = f"holding {args.model}" if args.model else "no model yet (the host sends it)"
         print(f"{args.kind} emulator on {emulator.path}", flush=True)
@@ -76,7 +81,6 @@ def run_emulate(args: argparse.Namespace) -> int:
             f"gym.make('LeWorld-PushT-v0', backend='{args.kind}', port='{emulator.path}'). Ctrl-C stops.",
             flush=True,
         )
-        _stop_on_sigterm()
         emulator.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -53,6 +53,12 @@ GELU_RANGE = 8  # GELU(x) = 0 below -8 and x above 8 (error < 1e-14)
 SILU_RANGE = 16  # SiLU(x) = 0 below -16 and x above 16 (error < 2e-6)
 ISQRT_SEED_BITS = 45  # inverse square root: r * 2**-45 ~ 1 / sqrt(m), m in [2**28, 2**30]
 LOG2E_Q30 = 1549082005  # round(log2(e) * 2**30)
+# Attention scores: the q . k accumulator saturates at +-DOT_LIMIT (each int32 x int32 product is at most
+# 2**62 in magnitude, so a saturated accumulator plus one product stays inside int64), and
+# round(q . k * 2**-F) saturates at +-SCORE_LIMIT before its Q.20 scale (SCORE_LIMIT * 2**20 < 2**62).
+# Below the limits (every real input: see docs/fpga_fixed_point.md) nothing saturates and no bit changes.
+DOT_LIMIT = 2**62 - 1
+SCORE_LIMIT = 2 ** (62 - COEF_BITS) - 1
 
 
 # ---------------------------------------------------------------- scalar helpers
@@ -275,6 +281,11 @@ def attention_fixed(qkv, heads, first_query, frac, inv_sqrt_hd_q, exp2_table, ou
     score = round(q . k * 2**-F) * inv_sqrt_hd_q (Q.COEF_BITS of 1 / sqrt(head_dim)); p = exp(score - max)
     in Q30; the probabilities are normalized by one reciprocal per query, 2**60 // sum(p) (rounded);
     out = sum(p * v) rounded to F bits.
+
+    No int64 wraps for any int32 input: the q . k accumulator saturates at +-DOT_LIMIT (a saturating
+    accumulator: each product is added, then clamped) and round(q . k * 2**-F) at +-SCORE_LIMIT, so
+    scores stay below 2**62 and their differences inside int64; sum(p * v) is bounded by
+    sum(p) * 2**31 < 2**62 since the normalized p (Q30) sum to about 2**30.
     """
     b_size, t_len, three_d = qkv.shape
     d = three_d // 3
@@ -289,7 +300,9 @@ def attention_fixed(qkv, heads, first_query, frac, inv_sqrt_hd_q, exp2_table, ou
                     dot = np.int64(0)
                     for j in range(hd):
                         dot += np.int64(qkv[b, t, qo + j]) * np.int64(qkv[b, s, ko + j])
-                    scores[s] = round_shift(round_shift(dot, frac) * inv_sqrt_hd_q, COEF_BITS)
+                        dot = min(max(dot, np.int64(-DOT_LIMIT)), np.int64(DOT_LIMIT))
+                    score = min(max(round_shift(dot, frac), np.int64(-SCORE_LIMIT)), np.int64(SCORE_LIMIT))
+                    scores[s] = round_shift(score * inv_sqrt_hd_q, COEF_BITS)
                     top = max(top, scores[s])
                 total = np.int64(0)
                 for s in range(t + 1):

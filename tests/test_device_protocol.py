@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from world_models.devices.emulator import Device
+from world_models.devices.emulator import MAX_SESSIONS, Device
+from world_models.devices.faults import FaultPlan, FaultyTransport
 from world_models.devices.protocol import (
     HEADER,
     HELLO_REQUEST,
@@ -303,3 +304,73 @@ def test_fuzz_device_always_answers_cleanly(bare_device, command, payload):
 
 def test_overhead_constant():
     assert OVERHEAD == HEADER.size + 4 == 16
+
+
+def _hello(device: Device, session: int) -> None:
+    (answer,) = _ask(device, Frame(Command.HELLO, 0, HELLO_REQUEST.pack(1, 1, 0, session)))
+    assert not answer.is_error
+
+
+def test_each_session_keeps_its_own_cache_so_a_returning_host_retry_does_not_run_twice():
+    """Host A's answer is lost; host B says HELLO and runs its own commands; A reconnects (HELLO, same
+    session) and retries: the retry is answered from A's cache, not run a second time."""
+    device = Device("esp32")
+    try:
+        _hello(device, 11)
+        first = _ask(device, Frame(Command.STATS, 1))  # A's STATS 1 runs; say its answer is lost
+        _hello(device, 22)
+        b_first = _ask(device, Frame(Command.STATS, 1))  # B numbers from 1 in its own session
+        _ask(device, Frame(Command.STATS, 2))
+        _hello(device, 11)
+        assert _ask(device, Frame(Command.STATS, 1)) == first  # A's retry: from A's cache
+        assert device.counters["stats"] == 3 and device.counters["duplicates"] == 1
+        (stale,) = _ask(device, Frame(Command.STATS, 1, b"x"))  # same number, other payload: not a retry
+        assert unpack_error(stale.payload)[0] == ErrorCode.STALE_SEQUENCE
+        _hello(device, 22)
+        assert _ask(device, Frame(Command.STATS, 1)) == b_first  # B's numbering and cache were kept too
+        assert device.last_seq == 2 and device.counters["stats"] == 3
+        for session in range(100, 100 + MAX_SESSIONS):  # bounded: the oldest sessions are forgotten
+            _hello(device, session)
+        assert len(device.sessions) == MAX_SESSIONS and 11 not in device.sessions and 22 not in device.sessions
+    finally:
+        device.close()
+
+
+def test_a_fault_plan_is_a_pure_function_of_seed_direction_and_frame_number():
+    plan = FaultPlan(drop=0.2, corrupt=0.2, duplicate=0.2, delay=0.2, skip=2, directions="in", seed=5)
+    fates = [plan.fate("in", n) for n in range(1, 200)]
+    assert fates == [plan.fate("in", n) for n in range(1, 200)]  # asked again, in any order: the same
+    assert fates[:2] == [frozenset(), frozenset()] and all(not plan.fate("out", n) for n in range(1, 50))
+    assert all(fate == {"drop"} or "drop" not in fate for fate in fates)
+    assert all(any(kind in fate for fate in fates) for kind in ("drop", "corrupt", "delay", "duplicate"))
+    assert [FaultPlan(drop=0.5, seed=6).fate("in", n) for n in range(1, 50)] != [
+        FaultPlan(drop=0.5, seed=5).fate("in", n) for n in range(1, 50)
+    ]
+
+
+class _Pipe:
+    """A transport stand-in: recv hands out the queued chunks."""
+
+    path = "pipe"
+    generation = 0
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def recv(self, timeout: float) -> bytes | None:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def send(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_faulty_transport_holds_a_bounded_partial_frame_and_checks_disconnect_needs_tcp():
+    pipe = _Pipe([b"\x01" * 3000 for _ in range(10)])
+    faulty = FaultyTransport(pipe, FaultPlan(), max_pending=4096)
+    passed = sum(len(faulty.recv(0.0) or b"") for _ in range(10))
+    assert len(faulty._pending) <= 4096 + 3000 and passed + len(faulty._pending) == 30_000
+    with pytest.raises(ValueError, match=r"disconnect_after=.*needs a transport with connections \(TCP\)"):
+        FaultyTransport(pipe, FaultPlan(disconnect_after=2))

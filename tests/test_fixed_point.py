@@ -257,6 +257,23 @@ def test_softmax_attention_matches_float(first_query):
     np.testing.assert_allclose(fx.attention_int(qkv, 4, F, first_query) / 2.0**F, expected, atol=5e-5)
 
 
+def test_attention_saturates_instead_of_wrapping_at_the_int32_limits():
+    """q . k of int32 extremes overflows int64 (24 products of ~2**62): the accumulator saturates, so the
+    query still attends to the key it agrees with, exactly, instead of to a wrapped-around score."""
+    d, hd = 96, 24
+    qkv = np.zeros((1, 2, 3 * d), np.int32)
+    qkv[0, 1, :d] = fx.INT32_MAX  # the query of token 1
+    qkv[0, 0, d : 2 * d] = fx.INT32_MAX  # key 0 agrees with it (q . k = +24 * 2**62 before saturation)
+    qkv[0, 1, d : 2 * d] = fx.INT32_MIN  # key 1 opposes it
+    qkv[0, 0, 2 * d :] = np.arange(d) * 1000 - 40_000  # value 0
+    qkv[0, 1, 2 * d :] = 7  # value 1
+    wrapped = (hd * fx.INT32_MAX**2 + 2**63) % 2**64 - 2**63  # what an unchecked int64 sum would hold
+    assert wrapped != hd * fx.INT32_MAX**2
+    out = fx.attention_int(qkv, 4, F)
+    np.testing.assert_array_equal(out[0, 1], qkv[0, 0, 2 * d :])  # all weight on key 0
+    np.testing.assert_array_equal(out[0, 0], qkv[0, 0, 2 * d :])  # token 0 sees only itself
+
+
 def test_roms_are_the_pinned_integers():
     """The FPGA's ROMs must hold exactly these integers (little-endian int64 CRC32s)."""
     for name, crc in fx.ROM_CRC32.items():

@@ -1,14 +1,17 @@
 """The host side: a :class:`DeviceLink` over pyserial, and :class:`DeviceWorldModel` (backends ``esp32``, ``fpga``).
 
 Every call has a deadline: ``timeout`` seconds for the device to answer, plus
-the time the frames need on the wire at ``baud``, plus whatever the device
-announces in an ACK. An unanswered call is sent again with the same sequence
-number, at most ``retries`` times; the device answers a repeated sequence
-number from its cache, so a retried command never runs twice. A broken link
-(a closed pty, a dropped TCP connection) is reopened and greeted (HELLO, same
-session) before the retry. When all attempts fail the call raises
-:class:`DeviceTimeoutError` (the device is silent) or :class:`DeviceError`
-(the device is gone, or answered with an error code).
+the time the frames need on the wire at ``baud``, plus what the device
+announces in its first ACK (at most ``max_ack_s``; one extension per attempt).
+An unanswered call is sent again with the same sequence number, at most
+``retries`` times; the device answers a repeated sequence number from its
+cache, so a retried command never runs twice. A broken link (a closed pty, a
+dropped TCP connection) is reopened and greeted (HELLO, same session) before
+the retry; a different device answering there is an error. When the sequence
+numbers run out (2^32 - 1 calls) the link starts a new session. When all
+attempts fail the call raises :class:`DeviceTimeoutError` (the device is
+silent) or :class:`DeviceError` (the device is gone, another device answers,
+or it answered with an error code or a malformed payload).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from world_models.devices.protocol import (
     LoadOp,
     ProtocolError,
     encode_frame,
+    kind_name,
     max_encoded_size,
     pack_tensors,
     tensor_nbytes,
@@ -58,6 +62,10 @@ from world_models.interface import WorldModel
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_RETRIES = 3
 DEFAULT_BAUD = 921_600
+DEFAULT_MAX_ACK_S = 60.0  # the most one ACK may extend an attempt's deadline by
+# Room kept in a frame beyond the rows' own bytes: the tensors' dtype / ndim / batch-dimension fields
+# (which tensor_nbytes of one row leaves out), with ample slack.
+TENSOR_HEADS_ROOM = 64
 POLL_S = 0.02  # pyserial read timeout: how often a waiting call checks its deadline
 HOST_VERSIONS = (PROTOCOL_VERSION, PROTOCOL_VERSION)  # the protocol versions this host speaks
 _SESSIONS = itertools.count(1)
@@ -83,15 +91,33 @@ class _LinkDown(Exception):
     """The serial link failed (closed, unplugged, disconnected); reconnecting may help."""
 
 
+def _port_errors() -> tuple[type[BaseException], ...]:
+    """What a failing port raises: pyserial's errors, OSError, and termios.error (a pty whose other side
+    closed makes ``tcdrain`` in ``flush`` fail with EIO, and termios.error is no OSError)."""
+    import serial
+
+    try:
+        import termios
+    except ImportError:  # not POSIX
+        return (serial.SerialException, OSError)
+    return (serial.SerialException, OSError, termios.error)
+
+
 def _new_session() -> int:
     """A session id unlikely to repeat across processes and links (not random: pid, clock, counter)."""
     session = (os.getpid() * 1_000_003 + time.time_ns() // 1000 + next(_SESSIONS) * 7919) & 0xFFFFFFFF
     return session or 1
 
 
-def _check_options(timeout: float, retries: int, baud: int) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+def _positive_seconds(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
+
+
+def _check_options(timeout: float, retries: int, baud: int, max_ack_s: float = DEFAULT_MAX_ACK_S) -> None:
+    if not _positive_seconds(timeout):
         raise LeWorldError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not _positive_seconds(max_ack_s):
+        raise LeWorldError(f"max_ack_s must be a positive number of seconds, got {max_ack_s!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise LeWorldError(f"retries must be a whole number >= 0, got {retries!r}")
     if isinstance(baud, bool) or not isinstance(baud, int) or baud < 1:
@@ -107,16 +133,25 @@ class DeviceLink:
         timeout: seconds the device may take to answer a call (beyond the frames' wire time).
         retries: how many times an unanswered call is sent again (same sequence number).
         baud: the serial line's rate, used for the port and for the wire-time allowance.
+        max_ack_s: the most seconds one ACK may add to an attempt's deadline (a device announcing
+            more gets this much; a device sending more ACKs gets no more time).
     """
 
     def __init__(
-        self, port: str, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES, baud: int = DEFAULT_BAUD
+        self,
+        port: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        baud: int = DEFAULT_BAUD,
+        max_ack_s: float = DEFAULT_MAX_ACK_S,
     ) -> None:
-        _check_options(timeout, retries, baud)
+        _check_options(timeout, retries, baud, max_ack_s)
         if not isinstance(port, str) or not port:
             raise LeWorldError(f"port must be a device path or a pyserial URL such as socket://HOST:PORT, got {port!r}")
         self.port, self.timeout, self.retries, self.baud = port, float(timeout), retries, baud
+        self.max_ack_s = float(max_ack_s)
         self.session = _new_session()
+        self._identity: tuple[int, str] | None = None  # (kind, name) of the first HELLO's device
         self.counters = {"calls": 0, "retries": 0, "reconnects": 0, "bad_frames": 0, "ignored_frames": 0}
         self._seq = 0
         self._serial: Any = None
@@ -145,7 +180,7 @@ class DeviceLink:
         try:
             self._serial.reset_input_buffer()
             self._serial.write(b"\x00")  # a delimiter: the device drops any partial frame it holds
-        except (serial.SerialException, OSError) as err:
+        except _port_errors() as err:
             self._drop_port()
             raise DeviceError(f"cannot use port {self.port!r} ({err})") from None
 
@@ -181,19 +216,17 @@ class DeviceLink:
             self._serial.flush()
         except serial.SerialTimeoutException:
             return  # the device does not take bytes: like a lost frame, the deadline decides
-        except (serial.SerialException, OSError) as err:
+        except _port_errors() as err:
             raise _LinkDown(str(err)) from None
 
     def _read_frames(self) -> list[Frame]:
-        import serial
-
         if self._serial is None:
             raise _LinkDown("the port is closed")
         try:
             chunk = self._serial.read(1)
             if chunk and self._serial.in_waiting:
                 chunk += self._serial.read(self._serial.in_waiting)
-        except (serial.SerialException, OSError) as err:
+        except _port_errors() as err:
             raise _LinkDown(str(err)) from None
         self._decoder.feed(chunk)
         frames = []
@@ -208,18 +241,28 @@ class DeviceLink:
             frames.append(frame)
 
     def _attempt(self, command: int, seq: int, data: bytes, answer_bytes: int) -> Frame | None:
-        """Send a request once and wait for its response; ``None`` when the deadline passes."""
+        """Send a request once and wait for its response; ``None`` when the deadline passes.
+
+        The deadline is ``timeout`` plus the frames' wire time; the first well-formed ACK may move it
+        to now + ``timeout`` + the announced time, capped at ``max_ack_s``. Later ACKs are ignored,
+        so no device can hold a call longer than that.
+        """
         self._write(data)
         deadline = time.monotonic() + self.timeout + self._wire_s(len(data) + answer_bytes)
+        extended = False
         while time.monotonic() < deadline:
             for frame in self._read_frames():
                 if not frame.is_response or frame.seq != seq or frame.command != command:
                     self.counters["ignored_frames"] += 1  # an echo, a late answer to an earlier call
                     continue
                 if frame.is_ack:
-                    if len(frame.payload) == ACK_PAYLOAD.size:
+                    if not extended and len(frame.payload) == ACK_PAYLOAD.size:
                         (ms,) = ACK_PAYLOAD.unpack(frame.payload)
-                        deadline = max(deadline, time.monotonic() + self.timeout + ms / 1000.0)
+                        extra = min(ms / 1000.0, self.max_ack_s)
+                        deadline = max(deadline, time.monotonic() + self.timeout + extra)
+                        extended = True
+                    else:
+                        self.counters["ignored_frames"] += 1
                     continue
                 return frame
         return None
@@ -235,7 +278,11 @@ class DeviceLink:
         reply = self._attempt(Command.HELLO, HELLO_SEQUENCE, self._hello_frame(), 64)
         if reply is None:
             raise _LinkDown("no answer to HELLO after reopening the port")
-        self.info = self._check_hello(reply)
+        try:
+            self.info = self._check_hello(reply)
+        except DeviceError:
+            self._drop_port()  # another device (or firmware) answers there: do not send it the command
+            raise
 
     def _exchange(self, command: int, seq: int, payload: bytes, answer_bytes: int) -> Frame:
         data = encode_frame(Frame(command, seq, payload))
@@ -279,15 +326,25 @@ class DeviceLink:
         """
         if command == Command.HELLO:
             raise ValueError("use hello() for HELLO")
-        self._seq = self._seq + 1 if self._seq < MAX_SEQUENCE else 1
+        if self._seq >= MAX_SEQUENCE:
+            # The device refuses sequence numbers at or below the last one run, so numbering cannot
+            # wrap within a session: start a new one (the device then starts counting afresh).
+            self.session = _new_session()
+            self._seq = 0
+            self.counters["new_sessions"] = self.counters.get("new_sessions", 0) + 1
+            self.hello()
+        self._seq += 1
         self.counters["calls"] += 1
         reply = self._exchange(command, self._seq, payload, answer_bytes)
         self._raise_for_error(reply, Command(command).name)
         return reply.payload
 
     # ------------------------------------------------------------------ HELLO and friends
+    def _hello_payload(self) -> bytes:
+        return HELLO_REQUEST.pack(*HOST_VERSIONS, 0, self.session)
+
     def _hello_frame(self) -> bytes:
-        return encode_frame(Frame(Command.HELLO, HELLO_SEQUENCE, HELLO_REQUEST.pack(*HOST_VERSIONS, 0, self.session)))
+        return encode_frame(Frame(Command.HELLO, HELLO_SEQUENCE, self._hello_payload()))
 
     def _check_hello(self, reply: Frame) -> Hello:
         self._raise_for_error(reply, "HELLO")
@@ -303,13 +360,24 @@ class DeviceLink:
             )
         if not OVERHEAD + 64 <= info.max_frame <= HOST_MAX_FRAME:
             raise DeviceError(f"the device at {self.port!r} claims an unusable largest frame of {info.max_frame} bytes")
+        if self._identity is None:
+            self._identity = (info.kind, info.name)
+        elif (info.kind, info.name) != self._identity:
+            kind, name = self._identity
+            raise DeviceError(
+                f"another device answers at {self.port!r}: {info.kind_name} ({info.name}), where this link "
+                f"was opened to {kind_name(kind)} ({name}); open a new link"
+            )
         if self._serial is not None:
             self._serial.write_timeout = self.timeout + self._wire_s(max_encoded_size(info.max_frame) + 1)
         return info
 
     def hello(self) -> Hello:
-        """Greet the device (protocol version check; starts this link's session) and return what it says."""
-        reply = self._exchange(Command.HELLO, HELLO_SEQUENCE, HELLO_REQUEST.pack(*HOST_VERSIONS, 0, self.session), 64)
+        """Greet the device (protocol version check; starts this link's session) and return what it says.
+
+        Raises :class:`DeviceError` when a device of another kind or name answers than the first HELLO's.
+        """
+        reply = self._exchange(Command.HELLO, HELLO_SEQUENCE, self._hello_payload(), 64)
         self.info = self._check_hello(reply)
         return self.info
 
@@ -334,16 +402,37 @@ class DeviceLink:
             )
         largest = self.info.max_frame - OVERHEAD - LOAD_REQUEST.size
         chunk = largest if chunk is None else max(1, min(chunk, largest))
-        held, _ = LOAD_RESPONSE.unpack(self.call(Command.LOAD_MODEL, LOAD_REQUEST.pack(LoadOp.BEGIN, size, crc)))
+        held = self._load_step(LoadOp.BEGIN, size, crc, b"", size)
         sent = 0
         while held < size:
             piece = blob[held : held + chunk]
-            reply = self.call(Command.LOAD_MODEL, LOAD_REQUEST.pack(LoadOp.CHUNK, held, crc) + piece)
-            held, _ = LOAD_RESPONSE.unpack(reply)
+            now = self._load_step(LoadOp.CHUNK, held, crc, piece, size)
+            if now <= held:  # a device that keeps answering the same count would loop forever
+                raise DeviceError(
+                    f"the device at {self.port!r} makes no progress loading the model: it holds {now} of "
+                    f"{size} bytes after a chunk at offset {held}"
+                )
+            held = now
             sent += len(piece)
-        self.call(Command.LOAD_MODEL, LOAD_REQUEST.pack(LoadOp.COMMIT, size, crc))
+        self._load_step(LoadOp.COMMIT, size, crc, b"", size)
         self.info = dataclasses.replace(self.info, model_size=size, model_crc=crc)
         return sent
+
+    def _load_step(self, op: LoadOp, first: int, crc: int, data: bytes, size: int) -> int:
+        """One LOAD_MODEL call; the bytes the device holds, checked (a malformed answer is a DeviceError)."""
+        reply = self.call(Command.LOAD_MODEL, LOAD_REQUEST.pack(op, first, crc) + data)
+        if len(reply) != LOAD_RESPONSE.size:
+            raise DeviceError(
+                f"the device at {self.port!r} sent a malformed LOAD_MODEL {op.name} answer: {len(reply)} bytes, "
+                f"expected {LOAD_RESPONSE.size}"
+            )
+        held, echoed = LOAD_RESPONSE.unpack(reply)
+        if echoed != crc or held > size:
+            raise DeviceError(
+                f"the device at {self.port!r} answered LOAD_MODEL {op.name} with {held} bytes held of CRC-32 "
+                f"{echoed:08x}; expected at most {size} of {crc:08x}"
+            )
+        return held
 
 
 # ---------------------------------------------------------------------- the backend
@@ -364,6 +453,7 @@ class DeviceWorldModel(WorldModel):
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         baud: int = DEFAULT_BAUD,
+        max_ack_s: float = DEFAULT_MAX_ACK_S,
     ) -> None:
         from world_models.numba_engine import NumbaWorldModel
 
@@ -373,7 +463,7 @@ class DeviceWorldModel(WorldModel):
         self.config = self.local.config
         self.has_probe = self.local.has_probe
         self._blob = self.path.read_bytes()
-        self.link = DeviceLink(port, timeout, retries, baud)
+        self.link = DeviceLink(port, timeout, retries, baud, max_ack_s)
         try:
             if self.link.info.kind_name != backend:
                 raise DeviceError(
@@ -420,15 +510,18 @@ class DeviceWorldModel(WorldModel):
             self.ensure_model()
             return self.link.call(command, payload, answer_bytes)
 
-    def _rows_per_call(self, request_row: int, answer_row: int, fixed: int = 64) -> int:
-        return max(0, (self.link.info.max_frame - OVERHEAD - fixed) // max(request_row, answer_row, 1))
+    def _rows_per_call(self, inputs: list[np.ndarray], answer_shape: tuple[int, ...]) -> int:
+        """How many rows of ``inputs`` (and their answers) fit one frame; 0 when not even one does."""
+        request_row = sum(tensor_nbytes(x.shape[1:], x.dtype) for x in inputs)
+        answer_row = tensor_nbytes(answer_shape, np.float32)
+        room = self.link.info.max_frame - OVERHEAD - TENSOR_HEADS_ROOM
+        return max(0, room // max(request_row, answer_row, 1))
 
     def _batched(self, command: Command, inputs: list[np.ndarray], answer_shape: tuple[int, ...]) -> np.ndarray:
         """Run ``command`` over row slices of ``inputs`` that fit a frame; the answers stacked [B, *answer_shape]."""
         batch = inputs[0].shape[0]
-        request_row = sum(tensor_nbytes(x.shape[1:], x.dtype) for x in inputs)
         answer_row = tensor_nbytes(answer_shape, np.float32)
-        rows = self._rows_per_call(request_row, answer_row)
+        rows = self._rows_per_call(inputs, answer_shape)
         out = np.empty((batch, *answer_shape), np.float32)
         for start in range(0, batch, rows):
             part = [x[start : start + rows] for x in inputs]
@@ -449,8 +542,7 @@ class DeviceWorldModel(WorldModel):
         return out
 
     def _fits(self, inputs: list[np.ndarray], answer_shape: tuple[int, ...]) -> bool:
-        request_row = sum(tensor_nbytes(x.shape[1:], x.dtype) for x in inputs)
-        return self._rows_per_call(request_row, tensor_nbytes(answer_shape, np.float32)) >= 1
+        return self._rows_per_call(inputs, answer_shape) >= 1
 
     def _encode(self, pixels: np.ndarray) -> np.ndarray:
         if not self._can(Capability.ENCODE) or not self._fits([pixels], (self.config.latent_dim,)):
@@ -474,14 +566,15 @@ class DeviceWorldModel(WorldModel):
 
 
 def open_device_model(name_or_path: str | Path, backend: str, port: str | None, **options: Any) -> DeviceWorldModel:
-    """``load(name_or_path, backend="esp32" | "fpga", port=..., timeout=..., retries=..., baud=...)``."""
+    """``load(name_or_path, backend="esp32" | "fpga", port=..., timeout=..., retries=..., baud=..., max_ack_s=...)``."""
     from world_models.runtime import resolve_lq40
 
-    known = {"timeout", "retries", "baud"}
+    known = {"timeout", "retries", "baud", "max_ack_s"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise LeWorldError(
-            f"backend {backend!r} takes port=, timeout=, retries= and baud=, got unknown {', '.join(unknown)}"
+            f"backend {backend!r} takes port=, timeout=, retries=, baud= and max_ack_s=, got unknown "
+            f"{', '.join(unknown)}"
         )
     if not port:
         raise LeWorldError(

@@ -8,9 +8,10 @@ only), bit-exact with the hardware's arithmetic. An optional link model delays
 every frame by its time on a UART at ``baud`` (10 bits a byte), so
 benchmarks over a pty mean something.
 
-A retried command never runs twice: the device keeps its last
-:data:`CACHE_SIZE` responses by sequence number and answers a repeated
-sequence number from there.
+A retried command never runs twice: the device keeps, per session (the
+last :data:`MAX_SESSIONS` hosts that said HELLO), its last :data:`CACHE_SIZE`
+responses by sequence number and answers a repeated request (same sequence
+number, command and payload) from there.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+import warnings
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from world_models.devices.protocol import (
     HELLO_REQUEST,
     LOAD_REQUEST,
     LOAD_RESPONSE,
+    OVERHEAD,
     PROTOCOL_VERSION,
     RESET_REQUEST,
     RESET_UNLOAD,
@@ -52,13 +55,16 @@ from world_models.devices.protocol import (
     pack_error,
     pack_stats,
     pack_tensors,
+    pack_version,
     unpack_tensors,
 )
 from world_models.devices.transports import PtyTransport, TcpTransport, Transport
 from world_models.errors import LeWorldError
 
 KINDS = ("esp32", "fpga")
-CACHE_SIZE = 16  # responses kept for retried sequence numbers
+CACHE_SIZE = 16  # responses kept per session for retried sequence numbers
+MAX_SESSIONS = 4  # sessions (hosts) whose sequence numbers and responses the device remembers
+STOP_TIMEOUT_S = 10.0  # Emulator.stop waits this long for a command in progress
 ACK_MIN_MS = 50  # commands expected to take longer are acknowledged first
 FIRMWARE = (0, 1, 0)
 MAX_MODEL = 16 << 20  # the largest .lq40 a device takes (PSRAM / BRAM budget)
@@ -161,6 +167,17 @@ CAPABILITIES = {
 
 
 # ---------------------------------------------------------------------- the device
+@dataclass
+class SessionState:
+    """What the device remembers of one host's session: the last sequence number run and its responses.
+
+    ``cache`` maps a sequence number to ``(command, CRC-32 of the request payload, response frame)``.
+    """
+
+    last_seq: int = 0
+    cache: OrderedDict[int, tuple[int, int, bytes]] = field(default_factory=OrderedDict)
+
+
 class Device:
     """The protocol's device side, independent of the link: ``handle`` a frame, ``send`` the answers.
 
@@ -193,8 +210,8 @@ class Device:
         self.model_size = 0
         self.model_crc = 0
         self.session = 0
-        self.last_seq = 0
-        self.cache: OrderedDict[int, tuple[int, bytes]] = OrderedDict()  # seq -> (command, frame)
+        self.sessions: OrderedDict[int, SessionState] = OrderedDict({0: SessionState()})  # oldest first
+        self._interrupt = threading.Event()  # set by Emulator.stop: a modelled latency ends early
         self._partial = bytearray()
         self._partial_id: tuple[int, int] | None = None  # (size, crc) of the transfer in progress
         self._started = time.monotonic()
@@ -209,8 +226,28 @@ class Device:
                 raise LeWorldError(f"cannot hold model {model}: {err}") from None
 
     # ------------------------------------------------------------------ bookkeeping
+    @property
+    def state(self) -> SessionState:
+        """The current session's state (the session of the last HELLO)."""
+        return self.sessions[self.session]
+
+    @property
+    def last_seq(self) -> int:
+        """The last sequence number run in the current session."""
+        return self.state.last_seq
+
+    @property
+    def cache(self) -> OrderedDict[int, tuple[int, int, bytes]]:
+        """The current session's response cache (sequence -> command, payload CRC-32, response frame)."""
+        return self.state.cache
+
     def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``key`` (reported by STATS)."""
         self.counters[key] = self.counters.get(key, 0) + n
+
+    def interrupt(self) -> None:
+        """End any modelled latency now (the answer is sent at once); used when the emulator stops."""
+        self._interrupt.set()
 
     def stats(self) -> dict[str, int]:
         """Counters: frames in / out / bad, commands executed (in total and per command), duplicates, ..."""
@@ -227,11 +264,12 @@ class Device:
         }
 
     def hello(self) -> Hello:
+        """What this device says in answer to HELLO (version, kind, capabilities, limits, model held)."""
         return Hello(
             PROTOCOL_VERSION,
             int(DeviceKind.ESP32 if self.kind == "esp32" else DeviceKind.FPGA),
             int(self.capabilities),
-            (FIRMWARE[0] << 16) | (FIRMWARE[1] << 8) | FIRMWARE[2],
+            pack_version(*FIRMWARE),
             self.max_frame,
             MAX_MODEL,
             self.model_size,
@@ -240,13 +278,14 @@ class Device:
         )
 
     def close(self) -> None:
+        """Drop the engine and the emulated flash (the temporary folder holding the loaded model)."""
         self.engine = None
         self._flash.cleanup()
 
     # ------------------------------------------------------------------ frames
     def handle(self, frame: Frame, send: Callable[[bytes], None]) -> None:
-        """Answer one request frame (an ACK first for long commands); a repeated sequence number is
-        answered from the cache without running the command again."""
+        """Answer one request frame (an ACK first for long commands); a repeated request (same sequence
+        number, command and payload) is answered from the session's cache without running it again."""
         with self.lock:
             self.count("frames_in")
             if frame.is_response:
@@ -259,21 +298,22 @@ class Device:
             if frame.command == Command.HELLO:
                 send(self._hello(frame))
                 return
-            cached = self.cache.get(frame.seq)
-            if cached is not None and cached[0] == frame.command:
+            state, payload_crc = self.state, zlib.crc32(frame.payload)
+            cached = state.cache.get(frame.seq)
+            if cached is not None and cached[:2] == (frame.command, payload_crc):
                 self.count("duplicates")
-                send(cached[1])
+                send(cached[2])
                 return
-            if frame.seq == 0 or frame.seq <= self.last_seq:
+            if frame.seq == 0 or frame.seq <= state.last_seq:
                 self.count("stale")
-                message = f"sequence {frame.seq} is not after the last one run ({self.last_seq}); not run again"
+                message = f"sequence {frame.seq} is not after the last one run ({state.last_seq}); not run again"
                 send(self._error(frame, ErrorCode.STALE_SEQUENCE, message))
                 return
-            self.last_seq = frame.seq
+            state.last_seq = frame.seq
             response = self._execute(frame, send)
-            self.cache[frame.seq] = (frame.command, response)
-            while len(self.cache) > CACHE_SIZE:
-                self.cache.popitem(last=False)
+            state.cache[frame.seq] = (frame.command, payload_crc, response)
+            while len(state.cache) > CACHE_SIZE:
+                state.cache.popitem(last=False)
             send(response)
 
     def _reply(self, frame: Frame, payload: bytes, flags: int = 0) -> bytes:
@@ -292,9 +332,14 @@ class Device:
         if not low <= PROTOCOL_VERSION <= high:
             message = f"the host speaks versions {low} to {high}; this device speaks {PROTOCOL_VERSION}"
             return self._error(frame, ErrorCode.UNSUPPORTED_VERSION, message)
-        if session != self.session:  # a new host: its sequence numbers start again
-            self.session, self.last_seq = session, 0
-            self.cache.clear()
+        if session != self.session:  # another host, or one coming back: switch to its session's state
+            if session in self.sessions:
+                self.sessions.move_to_end(session)
+            else:  # a new session: its sequence numbers start again
+                self.sessions[session] = SessionState()
+                while len(self.sessions) > MAX_SESSIONS:
+                    self.sessions.popitem(last=False)
+            self.session = session
         return self._reply(frame, self.hello().pack())
 
     def _execute(self, frame: Frame, send: Callable[[bytes], None]) -> bytes:
@@ -327,7 +372,7 @@ class Device:
             return self._error(frame, ErrorCode.BAD_INPUT, str(err))
         except Exception as err:  # a device answers; it does not crash on a bad request
             return self._error(frame, ErrorCode.INTERNAL, f"{type(err).__name__}: {err}")
-        if len(payload) + 16 > self.max_frame:
+        if len(payload) + OVERHEAD > self.max_frame:
             return self._error(frame, ErrorCode.TOO_LARGE, f"the answer ({len(payload)} bytes) exceeds the frame")
         return self._reply(frame, payload)
 
@@ -394,7 +439,7 @@ class Device:
         payload = pack_tensors(result.astype(np.float32, copy=False))
         remaining = compute_ms / 1000.0 - (time.monotonic() - start)
         if remaining > 0:
-            time.sleep(remaining)
+            self._interrupt.wait(remaining)
         return payload
 
     def _predict(self, payload: bytes, ack: Callable[[float], None]) -> bytes:
@@ -444,7 +489,8 @@ class Device:
         if len(payload) != RESET_REQUEST.size:
             raise ProtocolError(f"RESET takes {RESET_REQUEST.size} byte")
         (flags,) = RESET_REQUEST.unpack(payload)
-        self.cache.clear()  # this command's own answer is cached again by handle()
+        for state in self.sessions.values():  # every session's responses (not their sequence numbers);
+            state.cache.clear()  # this command's own answer is cached again by handle()
         self._partial, self._partial_id = bytearray(), None
         self.counters.clear()
         self._started = time.monotonic()
@@ -473,7 +519,7 @@ class Emulator:
         return self.transport.path
 
     def _send(self, data: bytes) -> None:
-        time.sleep(link_seconds(len(data), self.baud))
+        self._stop.wait(link_seconds(len(data), self.baud))
         self.transport.send(data)
 
     def serve_forever(self) -> None:
@@ -499,7 +545,7 @@ class Emulator:
                     continue
                 if frame is None:
                     break
-                time.sleep(link_seconds(max_encoded_size(len(frame.payload) + 16) + 1, self.baud))
+                self._stop.wait(link_seconds(max_encoded_size(len(frame.payload) + OVERHEAD) + 1, self.baud))
                 self.device.handle(frame, self._send)
 
     def start(self) -> Emulator:
@@ -510,15 +556,33 @@ class Emulator:
 
     @property
     def alive(self) -> bool:
+        """Whether the background thread (:meth:`start`) is serving."""
         return self._thread is not None and self._thread.is_alive()
 
-    def stop(self) -> None:
-        """Stop serving, close the transport and drop the device's state."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
+        """Stop serving, close the transport and drop the device's state; True when all was closed.
+
+        A command in progress has its modelled latency cut short. If the serving thread still runs
+        after ``timeout`` seconds (a long computation), the transport and the device are left open
+        for it, since closing them under it could make it write to a reused file descriptor: a
+        :class:`RuntimeWarning` says so, and this returns False (call again to retry).
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        self.device.interrupt()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout)
+            if thread.is_alive():
+                warnings.warn(
+                    f"the {self.device.kind} emulator on {self.path} is still running a command after "
+                    f"{timeout:g} s; its port stays open until it ends",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return False
         self.transport.close()
         self.device.close()
+        return True
 
     def __enter__(self) -> Emulator:
         return self
@@ -543,15 +607,24 @@ def make_emulator(
     """
     if baud is not None and baud < 1:
         raise LeWorldError(f"baud must be a positive number of bits per second, got {baud}")
+    if faults is not None and getattr(faults, "disconnect_after", None) is not None and tcp is None:
+        raise LeWorldError(
+            "FaultPlan(disconnect_after=...) drops the host's connection, which only a TCP emulator has: "
+            "pass tcp=0 (a pty has no connection to drop; use die_after for a device that goes away)"
+        )
     path = None
     if model is not None:
         from world_models.runtime import resolve_lq40
 
         path = resolve_lq40(model)
     device = Device(kind, path, LatencyModel.preset(latency), baud, max_frame)
-    transport: Transport = PtyTransport() if tcp is None else TcpTransport(tcp)
+    try:
+        transport: Transport = PtyTransport() if tcp is None else TcpTransport(tcp)
+    except BaseException:
+        device.close()
+        raise
     if faults is not None:
         from world_models.devices.faults import FaultyTransport
 
-        transport = FaultyTransport(transport, faults)
+        transport = FaultyTransport(transport, faults, max_encoded_size(max_frame) + 1)
     return Emulator(device, transport, baud)

@@ -2,9 +2,10 @@
 
 :class:`FaultyTransport` wraps a transport and applies a :class:`FaultPlan` to
 whole frames in both directions (frames end at the 0x00 delimiter, so they
-can be found without decoding them). Every random choice comes from one
-generator seeded by the plan: the same plan and the same traffic give the
-same faults.
+can be found without decoding them). What happens to a frame depends only on
+the plan's seed, its direction and its number in that direction
+(:meth:`FaultPlan.fate`), never on timing: frame 7 from the host is dropped
+in every run, however many retries the frames before it took.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from world_models.devices.transports import Transport
+
+DIRECTIONS = {"in": 0, "out": 1}  # host to device, device to host
+FAULTS = ("drop", "corrupt", "delay", "duplicate")
+DEFAULT_MAX_PENDING = 1 << 20  # bytes held while looking for a delimiter, when the wrapper is not told
 
 
 @dataclass(frozen=True)
@@ -53,16 +58,43 @@ class FaultPlan:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if self.directions not in ("in", "out", "both"):
             raise ValueError(f"directions must be 'in', 'out' or 'both', got {self.directions!r}")
+        if self.die_after is not None and self.disconnect_after is not None:
+            raise ValueError("give die_after or disconnect_after, not both")
+
+    def rng(self, direction: str, number: int) -> np.random.Generator:
+        """The generator of frame ``number`` (1-based) in ``direction``: seeded by (seed, direction, number)."""
+        return np.random.default_rng((self.seed, DIRECTIONS[direction], number))
+
+    def fate(self, direction: str, number: int) -> frozenset[str]:
+        """The faults frame ``number`` (1-based, every frame that way counted) in ``direction`` gets:
+        a subset of ``drop`` (alone), ``corrupt``, ``delay`` and ``duplicate``. A pure function of the
+        plan, the direction and the number."""
+        if self.directions not in ("both", direction) or number <= self.skip:
+            return frozenset()
+        drop, corrupt, delay, duplicate = self.rng(direction, number).random(4)
+        if drop < self.drop:
+            return frozenset({"drop"})
+        chosen = zip(FAULTS[1:], (corrupt < self.corrupt, delay < self.delay, duplicate < self.duplicate), strict=True)
+        return frozenset(name for name, hit in chosen if hit)
 
 
 class FaultyTransport:
-    """A transport that mistreats frames as ``plan`` says; :attr:`injected` counts what it did."""
+    """A transport that mistreats frames as ``plan`` says; :attr:`injected` counts what it did.
 
-    def __init__(self, inner: Transport, plan: FaultPlan) -> None:
+    ``max_pending``: the most bytes of an incoming frame held while waiting for its delimiter; beyond
+    that they are passed on untouched (the device's decoder drops an oversize frame anyway).
+    """
+
+    def __init__(self, inner: Transport, plan: FaultPlan, max_pending: int = DEFAULT_MAX_PENDING) -> None:
+        if plan.disconnect_after is not None and not hasattr(inner, "drop_connection"):
+            raise ValueError(
+                "FaultPlan(disconnect_after=...) needs a transport with connections (TCP); "
+                f"{type(inner).__name__} has none (use die_after for a device that goes away)"
+            )
         self.inner = inner
         self.plan = plan
         self.path = inner.path
-        self._rng = np.random.default_rng(plan.seed)
+        self.max_pending = max_pending
         self._pending = bytearray()  # an incoming frame not yet complete
         self._frames = {"in": 0, "out": 0}
         self._dead = False
@@ -70,37 +102,36 @@ class FaultyTransport:
 
     @property
     def generation(self) -> int:
+        """The inner transport's connection generation."""
         return self.inner.generation
-
-    def _applies(self, direction: str) -> bool:
-        return self.plan.directions in ("both", direction) and self._frames[direction] > self.plan.skip
 
     def _mistreat(self, frame: bytes, direction: str) -> list[bytes]:
         """What becomes of one frame (its delimiter included): zero, one or two frames, maybe late."""
         self._frames[direction] += 1
-        if not self._applies(direction):
-            return [frame]
-        plan, rng = self.plan, self._rng
-        draws = rng.random(4)
-        if draws[0] < plan.drop:
+        number = self._frames[direction]
+        fate = self.plan.fate(direction, number)
+        if "drop" in fate:
             self.injected["drop"] += 1
             return []
-        if draws[1] < plan.corrupt and len(frame) > 1:
+        if "corrupt" in fate and len(frame) > 1:
             self.injected["corrupt"] += 1
+            rng = self.plan.rng(direction, number)
+            rng.random(4)  # the draws fate() used
             spoilt = bytearray(frame)
             i = int(rng.integers(0, len(frame) - 1))  # any byte but the delimiter
             flipped = spoilt[i] ^ int(rng.integers(1, 256))
             spoilt[i] = flipped or (0xFF if spoilt[i] != 0xFF else 0x01)  # no new zero: the framing holds
             frame = bytes(spoilt)
-        if draws[2] < plan.delay:
+        if "delay" in fate:
             self.injected["delay"] += 1
-            time.sleep(plan.delay_s)
-        if draws[3] < plan.duplicate:
+            time.sleep(self.plan.delay_s)
+        if "duplicate" in fate:
             self.injected["duplicate"] += 1
             return [frame, frame]
         return [frame]
 
     def recv(self, timeout: float) -> bytes | None:
+        """The inner transport's bytes, each complete frame mistreated as planned (``None``: closed)."""
         if self._dead:
             return None
         data = self.inner.recv(timeout)
@@ -124,21 +155,23 @@ class FaultyTransport:
                 self._frames["in"] += 1
                 self.injected["disconnect"] += 1
                 self._pending.clear()
-                drop = getattr(self.inner, "drop_connection", None)
-                if drop is None:
-                    raise ValueError("disconnect_after needs a transport with connections (TCP)")
-                drop()
+                self.inner.drop_connection()  # type: ignore[attr-defined]  # checked in __init__
                 return bytes(out)
             for piece in self._mistreat(frame, "in"):
                 out += piece
+        if len(self._pending) > self.max_pending:  # no frame is this long: pass the bytes on as they are
+            out += self._pending
+            self._pending.clear()
         return bytes(out)
 
     def send(self, data: bytes) -> None:
+        """Send one frame (the emulator sends whole frames) as planned: dropped, spoilt, late or twice."""
         if self._dead:
             return
         for piece in self._mistreat(data, "out"):
             self.inner.send(piece)
 
     def close(self) -> None:
+        """Close for good (the inner transport too)."""
         self._dead = True
         self.inner.close()

@@ -157,14 +157,17 @@ class Frame:
 
     @property
     def is_response(self) -> bool:
+        """Sent by a device (the RESPONSE flag); a host's requests never have it."""
         return bool(self.flags & Flag.RESPONSE)
 
     @property
     def is_error(self) -> bool:
+        """An error response (the ERROR flag): the payload is a code and a message (:func:`unpack_error`)."""
         return bool(self.flags & Flag.ERROR)
 
     @property
     def is_ack(self) -> bool:
+        """An acknowledgement (the ACK flag): the payload is the device's u32 estimate of milliseconds to go."""
         return bool(self.flags & Flag.ACK)
 
 
@@ -331,6 +334,7 @@ def pack_version(major: int, minor: int, patch: int) -> int:
 
 
 def version_text(packed: int) -> str:
+    """A packed firmware version (:func:`pack_version`) as ``major.minor.patch``."""
     return f"{packed >> 16}.{(packed >> 8) & 0xFF}.{packed & 0xFF}"
 
 
@@ -349,6 +353,7 @@ class Hello:
     name: str
 
     def pack(self) -> bytes:
+        """The HELLO response payload: the 24-byte :data:`HELLO_RESPONSE` head, then the name in UTF-8."""
         head = HELLO_RESPONSE.pack(
             self.version,
             self.kind,
@@ -363,6 +368,7 @@ class Hello:
 
     @classmethod
     def unpack(cls, payload: bytes) -> Hello:
+        """Parse a HELLO response payload; shorter than the head is a :class:`ProtocolError`."""
         if len(payload) < HELLO_RESPONSE.size:
             raise ProtocolError(f"HELLO response of {len(payload)} bytes, expected at least {HELLO_RESPONSE.size}")
         fields = HELLO_RESPONSE.unpack_from(payload)
@@ -371,6 +377,7 @@ class Hello:
 
     @property
     def kind_name(self) -> str:
+        """``esp32``, ``fpga`` or ``unknown(N)``."""
         return kind_name(self.kind)
 
     def describe(self) -> dict[str, object]:
@@ -390,10 +397,12 @@ class Hello:
 
 
 def pack_error(code: int, message: str) -> bytes:
+    """An error response payload: ``code`` u16, then ``message`` in UTF-8, cut to 1024 bytes."""
     return ERROR_HEAD.pack(code) + message.encode()[:1024]
 
 
 def unpack_error(payload: bytes) -> tuple[int, str]:
+    """``(code, message)`` of an error response payload; shorter than 2 bytes is a :class:`ProtocolError`."""
     if len(payload) < ERROR_HEAD.size:
         raise ProtocolError(f"error response of {len(payload)} bytes, expected at least {ERROR_HEAD.size}")
     (code,) = ERROR_HEAD.unpack_from(payload)
@@ -410,6 +419,7 @@ def pack_stats(stats: dict[str, int]) -> bytes:
 
 
 def unpack_stats(payload: bytes) -> dict[str, int]:
+    """Undo :func:`pack_stats`; a truncated entry or trailing bytes are a :class:`ProtocolError`."""
     if len(payload) < 2:
         raise ProtocolError("STATS response shorter than its 2-byte count")
     (count,) = struct.unpack_from("<H", payload)

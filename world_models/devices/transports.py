@@ -16,6 +16,8 @@ import time
 import tty
 from typing import Protocol
 
+from world_models.errors import LeWorldError
+
 SEND_TIMEOUT_S = 5.0  # a host that reads nothing for this long loses the frame
 READ_SIZE = 1 << 16
 
@@ -26,11 +28,17 @@ class Transport(Protocol):
     path: str
     generation: int
 
-    def recv(self, timeout: float) -> bytes | None: ...
+    def recv(self, timeout: float) -> bytes | None:
+        """Bytes that came in within ``timeout`` seconds: ``b""`` when none did, ``None`` once closed for good."""
+        ...
 
-    def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes) -> None:
+        """Send ``data`` to the host; bytes nobody takes within :data:`SEND_TIMEOUT_S` are lost, as on a wire."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the link for good (idempotent)."""
+        ...
 
 
 class PtyTransport:
@@ -42,10 +50,22 @@ class PtyTransport:
     """
 
     def __init__(self) -> None:
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self.path = os.ttyname(self._slave)
+        try:
+            self._master, self._slave = os.openpty()
+        except OSError as err:
+            raise LeWorldError(
+                f"cannot open a pseudo-terminal for the emulator ({err.strerror or err}); "
+                "serve on a TCP port instead (--tcp 0, or make_emulator(..., tcp=0))"
+            ) from None
+        try:
+            tty.setraw(self._slave)
+            os.set_blocking(self._master, False)
+            self.path = os.ttyname(self._slave)
+        except OSError as err:
+            for fd in (self._master, self._slave):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise LeWorldError(f"cannot set up the emulator's pseudo-terminal ({err.strerror or err})") from None
         self.generation = 0
         self._closed = False
 
@@ -91,8 +111,6 @@ class TcpTransport:
         try:
             self._listener = socket.create_server((host, port))
         except OSError as err:
-            from world_models.errors import LeWorldError
-
             raise LeWorldError(f"cannot listen on TCP port {port} of {host} ({err.strerror or err})") from None
         self.port = self._listener.getsockname()[1]
         self.path = f"socket://{host}:{self.port}"
