@@ -5,17 +5,21 @@ Importing this package registers (Gymnasium 1.x loads no plugin entry points)::
     LeWorld-PushT-v0        the dream: a learned world model steps the latent
                             (also a vector_entry_point: gym.make_vec(..., vectorization_mode="vector_entry_point"))
     LeWorld-PushT-Real-v0   the same spaces on gym-pusht physics
+    LeWorld-PushT-Hidden-Real-v0
+                            the real twin with per-episode hidden physics (damping, friction,
+                            block mass) drawn at every reset: the memory-dependent task
 
 ``gym.make("leworld_env:LeWorld-PushT-v0")`` imports it on the way.
 """
 
 import gymnasium as gym
 
-from leworld_env.pusht_sim import PushTSim, PushTState, lewm_success
+from leworld_env.pusht_sim import HiddenPhysics, PushTSim, PushTState, lewm_success, sample_hidden_physics
 from leworld_env.task import DEFAULT_EPISODE_STEPS
 
 DREAM_ID = "LeWorld-PushT-v0"
 REAL_ID = "LeWorld-PushT-Real-v0"
+HIDDEN_REAL_ID = "LeWorld-PushT-Hidden-Real-v0"
 
 
 def _register() -> None:
@@ -30,8 +34,24 @@ def _register() -> None:
         gym.register(
             id=REAL_ID, entry_point="leworld_env.envs:LeWorldPushTRealEnv", max_episode_steps=DEFAULT_EPISODE_STEPS
         )
+    if HIDDEN_REAL_ID not in gym.registry:
+        gym.register(
+            id=HIDDEN_REAL_ID,
+            entry_point="leworld_env.envs:LeWorldPushTRealEnv",
+            max_episode_steps=DEFAULT_EPISODE_STEPS,
+            kwargs={"hidden_physics": True},
+        )
 
 
 _register()
 
-__all__ = ["DREAM_ID", "REAL_ID", "PushTSim", "PushTState", "lewm_success"]
+__all__ = [
+    "DREAM_ID",
+    "HIDDEN_REAL_ID",
+    "REAL_ID",
+    "HiddenPhysics",
+    "PushTSim",
+    "PushTState",
+    "lewm_success",
+    "sample_hidden_physics",
+]

@@ -50,6 +50,12 @@ def add_collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
     p.add_argument("--jpeg", action="store_true", help="JPEG-encode frames (smaller, lossy)")
+    p.add_argument(
+        "--hidden-physics",
+        action="store_true",
+        help="draw each episode's damping, contact friction and block mass (recorded in infos/physics; "
+        "see docs/pusht.md)",
+    )
     p.add_argument("--out", required=True, type=Path, help="dataset folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,6 +74,7 @@ def run_collect(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         seed=args.seed,
         jpeg=args.jpeg,
+        hidden_physics=args.hidden_physics,
     )
     out = collect(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
     from world_models.data import load_dataset_info
@@ -78,7 +85,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------- bench
-BENCH_TARGETS = ("data", "device", "env", "kernels", "plan", "train")
+BENCH_TARGETS = ("data", "device", "env", "kernels", "memory", "plan", "train")
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +102,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
             "256 envs) for each CPU backend, and the real twin. plan: seconds per CEM decision (300 x 30, horizon "
             "5) for each CPU backend, and per iCEM and MPPI decision, against LeWM's ~1 s on a GPU. "
             "device: an ESP32 emulator on a pty at common baud rates (and no link model): a small command's round "
-            "trip, predict at batch 1 and 16 against in-process numba-q4; the FPGA emulator's predict and error."
+            "trip, predict at batch 1 and 16 against in-process numba-q4; the FPGA emulator's predict and error. "
+            "memory: the numba bit-memory kernels (pack/unpack bits, range reads and writes of bits and words) "
+            "over 1, 64 and 256 envs of 65,536 words against numpy references, and a memory copy."
         ),
     )
     p.add_argument("target", choices=BENCH_TARGETS, help="what to measure")
@@ -119,6 +128,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from leworld_env.bench_device import bench_device
 
         rows = bench_device(args.model, args.quick)
+    elif args.target == "memory":
+        from leworld_env.bench_memory import bench_memory
+
+        rows = bench_memory(args.quick)
     elif args.target == "kernels":
         from leworld_env.bench_kernels import bench_kernels
 

@@ -3,7 +3,11 @@
 Every episode is a pure function of ``(seed, episode index)``: its physics seed
 and its policy's random generator both come from
 ``np.random.SeedSequence(seed, spawn_key=(index,))``. The same seed therefore
-gives the same data whatever the number of worker processes.
+gives the same data whatever the number of worker processes. With
+``hidden_physics``, each episode's :class:`~leworld_env.pusht_sim.HiddenPhysics`
+is drawn from a third stream of the same pair (:func:`physics_generator`), so
+the starts and the policy's draws are those of the plain dataset; the policy
+never sees the physics.
 
 The dataset is written under a hidden temporary name beside the output folder
 and renamed into place only when complete, so a crash or Ctrl-C never leaves a
@@ -28,7 +32,14 @@ import numpy as np
 from gymnasium import spaces
 
 from leworld_env.policies import POLICIES, make_policy
-from leworld_env.pusht_sim import SUCCESS_COVERAGE, PushTSim
+from leworld_env.pusht_sim import (
+    HIDDEN_PHYSICS_FIELDS,
+    HIDDEN_PHYSICS_RANGES,
+    SUCCESS_COVERAGE,
+    HiddenPhysics,
+    PushTSim,
+    sample_hidden_physics,
+)
 from numba_kernels.pusht_raster import WORLD_SIZE
 from world_models.data import DATA_SUBDIR, METADATA_KEY
 from world_models.errors import LeWorldError
@@ -50,6 +61,9 @@ class CollectConfig:
             an episode also ends early when gym-pusht reports success.
         seed: base seed.
         jpeg: store frames JPEG-encoded (Minari's lossy option) instead of raw.
+        hidden_physics: draw each episode's damping, contact friction and block mass from
+            :data:`~leworld_env.pusht_sim.HIDDEN_PHYSICS_RANGES` and record them in
+            ``infos/physics``; otherwise every episode has gym-pusht's physics.
     """
 
     policy: str = "weak-expert"
@@ -60,6 +74,7 @@ class CollectConfig:
     max_steps: int = 300
     seed: int = 0
     jpeg: bool = False
+    hidden_physics: bool = False
 
     def validate(self) -> None:
         """Raise :class:`LeWorldError` naming the first bad field."""
@@ -107,12 +122,27 @@ def episode_seed(seed: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(index,))
 
 
+def physics_generator(seed: int, index: int) -> np.random.Generator:
+    """The generator that draws episode ``index``'s hidden physics: a child of its seed sequence,
+    independent of the start and of the policy's generator."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 0)))
+
+
+def episode_physics(config: CollectConfig, index: int) -> HiddenPhysics:
+    """Episode ``index``'s physics: drawn from :func:`physics_generator` with ``hidden_physics``,
+    else gym-pusht's."""
+    if not config.hidden_physics:
+        return HiddenPhysics()
+    return sample_hidden_physics(physics_generator(config.seed, index))
+
+
 def collect_episode(config: CollectConfig, index: int) -> dict:
     """Run one episode and return it as arrays (an ``EpisodeBuffer``'s fields)."""
     seq = episode_seed(config.seed, index)
     physics_seed = int(seq.generate_state(1)[0])
     rng = np.random.default_rng(seq)
-    sim = PushTSim(config.image_size, config.frameskip, config.action_scale)
+    physics = episode_physics(config, index)
+    sim = PushTSim(config.image_size, config.frameskip, config.action_scale, physics=physics)
     policy = make_policy(config.policy, config.action_scale)
     policy.reset(rng)
     state = sim.reset(seed=physics_seed)
@@ -155,6 +185,8 @@ def collect_episode(config: CollectConfig, index: int) -> dict:
     truncations[-1] = not terminations[-1]
     obs = {"pixels": pixels, "agent_pos": agent_pos, "agent_vel": agent_vel, "block_pose": block_pose}
     infos = {"coverage": coverage, "target": target, "contact": contact}
+    if config.hidden_physics:
+        infos["physics"] = np.tile(physics.vector(), (n + 1, 1))
     return {
         "id": index,
         "seed": physics_seed,
@@ -165,6 +197,17 @@ def collect_episode(config: CollectConfig, index: int) -> dict:
         "truncations": truncations,
         "infos": {k: v[: steps + 1] for k, v in infos.items()},
     }
+
+
+def physics_metadata(config: CollectConfig) -> dict:
+    """With ``hidden_physics``: the names of ``infos/physics``' columns and the ranges they were drawn from."""
+    if not config.hidden_physics:
+        return {}
+    ranges = {
+        name: {"low": low, "high": high, "distribution": dist}
+        for name, (low, high, dist) in HIDDEN_PHYSICS_RANGES.items()
+    }
+    return {"physics_fields": list(HIDDEN_PHYSICS_FIELDS), "physics_ranges": ranges}
 
 
 def _collect_one(args: tuple[CollectConfig, int]) -> dict:
@@ -247,18 +290,24 @@ def collect(
             )
         storage.update_metadata(
             {
-                "dataset_id": f"leworld-pusht-{config.policy}-v0",
+                "dataset_id": f"leworld-pusht-{'hidden-' if config.hidden_physics else ''}{config.policy}-v0",
                 "minari_version": minari_version,
                 "algorithm_name": config.policy,
                 "author": {"LeWorld"},
                 "code_permalink": "leworld collect",
                 "description": (
-                    f"Real PushT (gym-pusht physics) driven by the {config.policy} policy with relative actions "
+                    ("Hidden physics per episode (infos/physics). " if config.hidden_physics else "")
+                    + f"Real PushT (gym-pusht physics) driven by the {config.policy} policy with relative actions "
                     f"(x{config.action_scale:g} px) held for {config.frameskip} physics steps; "
                     f"{config.image_size}px frames. Fields: see world_models/data.py."
                 ),
                 "requirements": ["gym-pusht", "pymunk<7"],
-                METADATA_KEY: {**asdict(config), "workers": workers, "version": package_version()},
+                METADATA_KEY: {
+                    **asdict(config),
+                    **physics_metadata(config),
+                    "workers": workers,
+                    "version": package_version(),
+                },
             }
         )
         chunk: list = []

@@ -1,4 +1,5 @@
-"""``LeWorld-PushT-v0`` (the dream) and ``LeWorld-PushT-Real-v0`` (gym-pusht physics underneath)."""
+"""``LeWorld-PushT-v0`` (the dream), ``LeWorld-PushT-Real-v0`` (gym-pusht physics underneath) and
+``LeWorld-PushT-Hidden-Real-v0`` (the real twin with hidden per-episode physics)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from leworld_env.dream import DreamBatch
-from leworld_env.pusht_sim import PushTSim
+from leworld_env.pusht_sim import HiddenPhysics, PushTSim, sample_hidden_physics
 from leworld_env.render import HumanWindow
 from leworld_env.task import (
     ACTION_SPACE,
@@ -28,6 +29,8 @@ from leworld_env.task import (
 )
 from world_models.interface import WorldModel
 from world_models.runtime import DEFAULT_MODEL
+
+RESET_OPTIONS = ("bank_index", "start", "goal_state")
 
 ENV_ARGUMENTS = """
     Arguments:
@@ -201,10 +204,32 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
     and ``state`` come from the simulator's exact state; ``info["probed_state"]`` is
     what the model's probe reads from the latent. Episodes start at rest from the same
     bank, so a seed gives the same start and goal in both envs.
+
+    ## Hidden physics (``LeWorld-PushT-Hidden-Real-v0``, or ``hidden_physics=True``)
+    Every reset draws the episode's :class:`~leworld_env.pusht_sim.HiddenPhysics` (space damping,
+    agent-block friction, block mass) from ``self.np_random``, after the start and goal, over
+    :data:`~leworld_env.pusht_sim.HIDDEN_PHYSICS_RANGES`; the same seed gives the same start, goal
+    and physics. Spaces, reward, start and end are those above; nothing in the observation holds
+    the physics, which shows only in how the block moves (it glides on after a push, turns more or
+    less, is dragged along), so a policy must infer it from past steps: the memory task. The plain
+    real twin is its Markov control.
+
+    * Reset option ``physics``: a ``HiddenPhysics`` or a dict of some of ``damping``,
+      ``friction``, ``block_mass`` (the rest gym-pusht's) sets the episode's physics
+      explicitly, in either env.
+    * ``info["physics"]`` (hidden only): float64 (3,), the episode's damping, friction and
+      block mass in that order, for analysis and tests. An agent must not read it: it is the
+      answer to the task.
+
+    Arguments (besides those below):
+        hidden_physics: draw the physics at every reset (default ``False``: gym-pusht's physics).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, hidden_physics: bool = False, **kwargs: Any) -> None:
+        if not isinstance(hidden_physics, (bool, np.bool_)):
+            raise ValueError(f"hidden_physics must be True or False, got {hidden_physics!r}")
         super().__init__(**kwargs)
+        self.hidden_physics = bool(hidden_physics)
         config = self.world_model.config
         self.sim = PushTSim(config.image_size, config.frameskip, config.action_scale)
         latent_dim = self.setup.latent_dim
@@ -218,8 +243,15 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = sorted(set(options) - {*RESET_OPTIONS, "physics"})
+        if unknown:
+            raise ValueError(
+                f"unknown reset option(s) {', '.join(map(repr, unknown))}; known: {', '.join(RESET_OPTIONS)}, physics"
+            )
+        physics = options.pop("physics", None)
         start, goal_state = start_and_goal(self.setup, self.np_random, options)
-        self.sim.reset(state=start)
+        self.sim.reset(state=start, physics=self._episode_physics(physics))
         size = self.setup.image_size
         z = self.world_model.encode(np.stack([self.sim.frame(), draw_frames(goal_state[None], size)[0]]))
         self._goal_state = goal_state
@@ -230,6 +262,14 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         if self.render_mode == "human":
             self.render()
         return self._observation(), self._info()
+
+    def _episode_physics(self, option: Any) -> HiddenPhysics:
+        """The reset option's physics, else a draw from ``np_random`` (hidden), else gym-pusht's."""
+        if option is not None:
+            return HiddenPhysics.coerce(option)
+        if self.hidden_physics:
+            return sample_hidden_physics(self.np_random)
+        return HiddenPhysics()
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         actions = check_actions(action, 1)
@@ -261,7 +301,7 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         }
 
     def _info(self) -> dict[str, Any]:
-        return {
+        info = {
             "is_success": bool(self._terms.success[0]),
             "coverage": float(self._terms.coverage[0]),
             "state": self.sim.state().vector(),
@@ -269,6 +309,9 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
             "step": self._steps,
             "probed_state": self.world_model.probe(self._z[-1:])[0].astype(np.float64),
         }
+        if self.hidden_physics:
+            info["physics"] = self.sim.physics.vector()  # for analysis only: an agent must not read it
+        return info
 
     def _scene(self) -> np.ndarray:
         return draw_scene(self.sim.state().vector(), self._goal_state, self.render_size)

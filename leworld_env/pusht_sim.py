@@ -34,12 +34,18 @@ gym-pusht quirks worked around here (see docs/pusht.md):
 * gym-pusht's action space is [0, 512]^2 but nothing enforces it: an absolute
   target outside the world drives the agent into the walls. Our relative
   actions clip the target to the world.
+
+Hidden physics (:class:`HiddenPhysics`, docs/pusht.md): the space damping, the
+agent-block contact friction and the block's mass can be set per episode; the
+defaults are gym-pusht's own values, so ``PushTSim()`` is gym-pusht unchanged.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from gym_pusht.envs import PushTEnv
@@ -56,6 +62,87 @@ LEWM_ANGLE_TOLERANCE = math.pi / 9.0
 # Vector from the tee's body origin to its centre of gravity, in body coordinates
 # (gym-pusht's ``add_tee``: the mean of the bar's and the stem's centroids).
 TEE_CENTER_OF_GRAVITY = np.array([0.0, 45.0])
+
+
+HIDDEN_PHYSICS_FIELDS = ("damping", "friction", "block_mass")
+# name -> (low, high, distribution) that sample_hidden_physics draws from; see docs/pusht.md for the measured effect.
+HIDDEN_PHYSICS_RANGES: dict[str, tuple[float, float, str]] = {
+    "damping": (1e-5, 0.2, "log-uniform"),
+    "friction": (0.0, 0.5, "uniform"),
+    "block_mass": (0.25, 4.0, "log-uniform"),
+}
+
+
+@dataclass(frozen=True)
+class HiddenPhysics:
+    """Per-episode physics of PushT that no single frame shows; the defaults are gym-pusht's.
+
+    Attributes:
+        damping: pymunk's ``space.damping``, the fraction of its velocity a free body keeps per
+            second, in [0, 1]. gym-pusht's 0.0 stops the block the moment the agent leaves it;
+            near 0.2 it glides tens of pixels after a push.
+        friction: Coulomb friction coefficient of the agent-block contact, >= 0. gym-pusht's 0.0
+            (its shapes keep pymunk's default; its ``body.friction = 1`` sets nothing) lets the agent
+            slide along the block; with friction an oblique push drags the block and turns it.
+        block_mass: mass of the block, > 0, its moment of inertia kept at gym-pusht's 3000. The
+            agent is kinematic, so this does not slow the block: it sets how an off-centre push
+            splits between sliding (light block) and turning (heavy block).
+    """
+
+    damping: float = 0.0
+    friction: float = 0.0
+    block_mass: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in HIDDEN_PHYSICS_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"physics {name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not 0.0 <= self.damping <= 1.0:
+            raise ValueError(
+                f"physics damping must be in [0, 1] (fraction of velocity kept per second), got {self.damping}"
+            )
+        if not 0.0 <= self.friction < math.inf:
+            raise ValueError(f"physics friction must be a finite number >= 0, got {self.friction}")
+        if not 0.0 < self.block_mass < math.inf:
+            raise ValueError(f"physics block_mass must be a finite number > 0, got {self.block_mass}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> HiddenPhysics:
+        """From a dict of some of ``damping``, ``friction``, ``block_mass`` (the rest default)."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"physics must be a HiddenPhysics or a dict, got {values!r}")
+        unknown = sorted(set(values) - set(HIDDEN_PHYSICS_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"unknown physics key(s) {', '.join(map(repr, unknown))}; known: {', '.join(HIDDEN_PHYSICS_FIELDS)}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def coerce(cls, value: HiddenPhysics | Mapping[str, Any]) -> HiddenPhysics:
+        """``value`` itself if it is a :class:`HiddenPhysics`, else :meth:`from_mapping`."""
+        return value if isinstance(value, cls) else cls.from_mapping(value)
+
+    def vector(self) -> np.ndarray:
+        """float64 (3,): the values in :data:`HIDDEN_PHYSICS_FIELDS` order."""
+        return np.array([getattr(self, name) for name in HIDDEN_PHYSICS_FIELDS], dtype=np.float64)
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def sample_hidden_physics(rng: np.random.Generator) -> HiddenPhysics:
+    """Draw each field from :data:`HIDDEN_PHYSICS_RANGES`, in field order, with ``rng`` alone."""
+    values = {}
+    for name in HIDDEN_PHYSICS_FIELDS:
+        low, high, distribution = HIDDEN_PHYSICS_RANGES[name]
+        if distribution == "log-uniform":
+            values[name] = float(np.exp(rng.uniform(math.log(low), math.log(high))))
+        else:
+            values[name] = float(rng.uniform(low, high))
+    return HiddenPhysics(**values)
 
 
 @dataclass(frozen=True)
@@ -127,6 +214,8 @@ class PushTSim:
         frameskip: physics steps per model step (an action is held that long).
         action_scale: pixels per unit of relative action.
         draw_goal: draw gym-pusht's goal tee into frames, as gym-pusht does.
+        physics: the hidden physics applied at every reset (gym-pusht's own by default);
+            ``reset(physics=...)`` replaces it.
     """
 
     def __init__(
@@ -135,6 +224,7 @@ class PushTSim:
         frameskip: int = DEFAULT_FRAMESKIP,
         action_scale: float = DEFAULT_ACTION_SCALE,
         draw_goal: bool = True,
+        physics: HiddenPhysics | Mapping[str, Any] | None = None,
     ) -> None:
         if int(image_size) < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
@@ -146,6 +236,7 @@ class PushTSim:
         self.frameskip = int(frameskip)
         self.action_scale = float(action_scale)
         self.draw_goal = draw_goal
+        self.physics = HiddenPhysics() if physics is None else HiddenPhysics.coerce(physics)
         # The raw env, unwrapped: no TimeLimit, no order enforcing, no pixel rendering.
         self.env = PushTEnv(obs_type="state", render_mode="rgb_array")
         self.last_contacts = 0
@@ -194,6 +285,7 @@ class PushTSim:
         self,
         seed: int | None = None,
         state: np.ndarray | None = None,
+        physics: HiddenPhysics | Mapping[str, Any] | None = None,
     ) -> PushTState:
         """Start a new episode.
 
@@ -202,11 +294,17 @@ class PushTSim:
             state: ``(agent_x, agent_y, block_x, block_y, block_angle)`` to start
                 from, optionally followed by the agent's velocity ``(vx, vy)``.
                 ``None`` draws gym-pusht's own random start.
+            physics: replaces :attr:`physics` (a :class:`HiddenPhysics` or a dict of
+                some of its fields) from this episode on; ``None`` keeps it.
 
         Returns:
             The state after gym-pusht's settling sub-step (equal to ``state``
             unless the requested bodies overlap and push each other apart).
         """
+        if physics is not None:
+            self.physics = HiddenPhysics.coerce(physics)
+        # gym-pusht builds a new space at reset from ``env.damping``; friction and mass go on its new bodies.
+        self.env.damping = self.physics.damping
         if state is None:
             self.env.reset(seed=seed)
         else:
@@ -220,8 +318,18 @@ class PushTSim:
             self.env.reset(seed=seed, options={"reset_to_state": legacy})
             if state.shape == (7,):
                 self.env.agent.velocity = (float(state[5]), float(state[6]))
+        self._apply_body_physics()
         self.last_contacts = 0
         return self.state()
+
+    def _apply_body_physics(self) -> None:
+        """Friction and mass on the bodies gym-pusht's reset just built (pymunk multiplies the two
+        shapes' friction, so the agent's is 1 and the block's carries the coefficient; walls stay 0)."""
+        for shape in self.env.agent.shapes:
+            shape.friction = 1.0
+        for shape in self.env._block_shapes:
+            shape.friction = self.physics.friction
+        self.env.block.mass = self.physics.block_mass
 
     # ------------------------------------------------------------------ step
     def target_for(self, action: np.ndarray) -> np.ndarray:

@@ -24,8 +24,13 @@ imports torch.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit, prange
+
+if sys.byteorder != "little":  # pack/unpack read words and bit bytes as little-endian integers
+    raise ImportError("numba_kernels.bitmem needs a little-endian CPU (x86-64, ARM)")
 
 WORDS = 65536
 WORD_BITS = 32
@@ -34,27 +39,31 @@ _UINT32_MAX = 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------- kernels
-@njit(cache=True, parallel=True)
-def _pack(bits: np.ndarray, out: np.ndarray) -> None:
-    """out[n, w] = sum_i bits[n, 32 * w + i] << i, bits holding 0/1 bytes."""
-    for n in prange(bits.shape[0]):
-        for w in range(out.shape[1]):
-            word = np.int64(0)
-            base = w * 32
-            for i in range(32):
-                word |= np.int64(bits[n, base + i]) << i
-            out[n, w] = word
+# Eight 0/1 bytes read as one little-endian uint64 hold bit i in byte i; multiplying by
+# PACK_MAGIC gathers them into the top byte (bit i at position 56 + i); SPREAD_MAGIC copies a byte
+# into all eight, SELECT_MASK keeps bit i in byte i, and adding 0x7F to each byte carries a set
+# bit into the byte's top bit. Both are exact (no carries cross bytes) and LSB-first, as above.
+PACK_MAGIC = np.uint64(0x0102040810204080)
+SPREAD_MAGIC = np.uint64(0x0101010101010101)
+SELECT_MASK = np.uint64(0x8040201008040201)
+ROUND_UP = np.uint64(0x7F7F7F7F7F7F7F7F)
 
 
-@njit(cache=True, parallel=True)
-def _unpack(words: np.ndarray, out: np.ndarray) -> None:
-    """out[n, 32 * w + i] = (words[n, w] >> i) & 1."""
-    for n in prange(words.shape[0]):
-        for w in range(words.shape[1]):
-            word = np.int64(words[n, w])
-            base = w * 32
-            for i in range(32):
-                out[n, base + i] = (word >> i) & 1
+@njit(cache=True, parallel=True, error_model="numpy")
+def _pack(bits8: np.ndarray, out: np.ndarray) -> None:
+    """out[n, j] = the byte of bits bits8[n, j] (eight 0/1 bytes as a uint64), LSB first."""
+    for n in prange(bits8.shape[0]):
+        for j in range(bits8.shape[1]):
+            out[n, j] = np.uint8((bits8[n, j] * PACK_MAGIC) >> np.uint64(56))
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _unpack(packed: np.ndarray, out8: np.ndarray) -> None:
+    """out8[n, j] = eight 0/1 bytes (as a uint64) of the byte packed[n, j], LSB first."""
+    for n in prange(packed.shape[0]):
+        for j in range(packed.shape[1]):
+            x = (np.uint64(packed[n, j]) * SPREAD_MAGIC) & SELECT_MASK
+            out8[n, j] = ((x + ROUND_UP) >> np.uint64(7)) & SPREAD_MAGIC
 
 
 @njit(cache=True, parallel=True)
@@ -227,9 +236,9 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     if b.shape[-1] % WORD_BITS:
         raise ValueError(f"pack_bits: bits' last axis must be a multiple of {WORD_BITS}, got shape {list(b.shape)}")
     k = b.shape[-1] // WORD_BITS
-    flat = b.reshape(_rows(b.shape), b.shape[-1])
+    flat = np.ascontiguousarray(b.reshape(_rows(b.shape), b.shape[-1]))
     out = np.empty((flat.shape[0], k), dtype=np.uint32)
-    _pack(flat, out)
+    _pack(flat.view(np.uint64), out.view(np.uint8))
     return out.reshape((*b.shape[:-1], k))
 
 
@@ -242,7 +251,7 @@ def unpack_bits(words: np.ndarray) -> np.ndarray:
         raise ValueError("unpack_bits: words must have at least one axis [..., k], got a scalar")
     flat = np.ascontiguousarray(w.reshape(_rows(w.shape), w.shape[-1]))
     out = np.empty((flat.shape[0], flat.shape[1] * WORD_BITS), dtype=np.uint8)
-    _unpack(flat, out)
+    _unpack(flat.view(np.uint8), out.view(np.uint64))
     return out.reshape((*w.shape[:-1], w.shape[-1] * WORD_BITS))
 
 

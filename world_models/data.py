@@ -18,12 +18,17 @@ field                                  shape        dtype       meaning
 ``infos/coverage``                     (T+1,)       float64     gym-pusht coverage of the observation
 ``infos/target``                       (T+1, 2)     float64     absolute PD target that led here
 ``infos/contact``                      (T+1,)       bool        agent touching the block
+``infos/physics``                      (T+1, 3)     float64     damping, friction, block mass (hidden physics only)
 =====================================  ===========  ==========  ===================================
 
 Actions are held for ``frameskip`` physics steps starting at step 0, so a *model
 step* ``k`` spans physics steps ``k*frameskip .. (k+1)*frameskip - 1``. The
 metadata key ``leworld`` records policy, frameskip, image size, action scale,
-seed, step limit and package version.
+seed, step limit and package version; with ``hidden_physics`` also
+``physics_fields`` (the columns of ``infos/physics``) and ``physics_ranges``
+(each field's low, high and distribution). ``infos/physics`` is constant over an
+episode and is the answer to the memory task: models may use it as a probe
+target, policies must not read it.
 
 :class:`PushTClips` keeps the frames at model-step boundaries of one split in
 memory and samples random clips of ``history + num_preds`` model steps.
