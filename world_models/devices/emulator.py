@@ -66,6 +66,7 @@ CACHE_SIZE = 16  # responses kept per session for retried sequence numbers
 MAX_SESSIONS = 4  # sessions (hosts) whose sequence numbers and responses the device remembers
 STOP_TIMEOUT_S = 10.0  # Emulator.stop waits this long for a command in progress
 ACK_MIN_MS = 50  # commands expected to take longer are acknowledged first
+WARM_UP_MS = 30_000  # announced before installing a model: numba compiles its kernels on first use
 FIRMWARE = (0, 1, 0)
 MAX_MODEL = 16 << 20  # the largest .lq40 a device takes (PSRAM / BRAM budget)
 MODEL_FILE = "model.lq40"
@@ -158,6 +159,18 @@ def _open_engine(kind: str, path: Path) -> Any:
 
         return NumbaWorldModel.from_lq40(path)
     return require_fixed_point().from_lq40(path)
+
+
+def _warm_up(engine: Any, kind: str) -> None:
+    """Run every command's kernels once on zeros, so the first real call does not wait for numba to compile
+    them (seconds on a busy machine, where a host's deadline is a couple of seconds)."""
+    cfg = engine.config
+    z = np.zeros((1, cfg.history, cfg.latent_dim), np.float32)
+    a = np.zeros((1, cfg.history, cfg.action_dim), np.float32)
+    engine.predict(z, a)
+    engine.rollout(z, a, a[:, :1])
+    if kind == "esp32":
+        engine.encode(np.zeros((1, cfg.image_size, cfg.image_size, 3), np.uint8))
 
 
 CAPABILITIES = {
@@ -377,15 +390,18 @@ class Device:
         return self._reply(frame, payload)
 
     # ------------------------------------------------------------------ commands
-    def _install(self, blob: bytes, source: str) -> None:
+    def _install(self, blob: bytes, source: str, ack: Callable[[float], None] | None = None) -> None:
         from world_models.files import atomic_write_bytes
 
         path = Path(self._flash.name) / MODEL_FILE
         atomic_write_bytes(path, blob)
+        if ack is not None:
+            ack(WARM_UP_MS)  # loading compiles the kernels: let the host wait for it
         try:
             engine = _open_engine(self.kind, path)
         except LeWorldError as err:
             raise CommandError(ErrorCode.BAD_MODEL, f"{source}: {err}") from None
+        _warm_up(engine, self.kind)
         self.engine, self.config = engine, engine.config
         self.model_size, self.model_crc = len(blob), zlib.crc32(blob)
 
@@ -416,7 +432,7 @@ class Device:
             if len(blob) != size or zlib.crc32(blob) != crc:
                 message = f"received {len(blob)} of {size} bytes with CRC-32 {zlib.crc32(blob):08x}, expected {crc:08x}"
                 raise CommandError(ErrorCode.LOAD_CHECKSUM, message + "; send BEGIN again")
-            self._install(blob, "the loaded model")
+            self._install(blob, "the loaded model", ack)
             return LOAD_RESPONSE.pack(len(blob), crc)
         raise ProtocolError(f"unknown LOAD_MODEL operation {op}")
 
