@@ -80,6 +80,18 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, *
             ``/dev/ttyUSB0`` or a pyserial URL such as ``socket://HOST:PORT``), ``timeout``
             (seconds per call, 2), ``retries`` (3) and ``baud`` (921600).
     """
+    if Path(name_or_path).is_dir():
+        from world_models.memory_runtime import is_leworld_folder
+
+        if is_leworld_folder(name_or_path):  # a LeWorld memory model: torch networks + numba memory
+            from world_models.memory_runtime import LeWorldRuntime
+
+            if backend not in (None, "torch", "numba") or kwargs:
+                raise LeWorldError(
+                    f"{name_or_path}: a LeWorld memory model runs on backend 'torch' or 'numba' "
+                    f"(torch networks, numba memory kernels), got {backend!r}"
+                )
+            return LeWorldRuntime(name_or_path, backend or "torch")
     if backend is None:
         path = Path(name_or_path)
         has_lq40 = path.suffix == ".lq40" or (resolve_model(name_or_path) / LQ40_FILE).is_file()

@@ -212,7 +212,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ main loop
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool = False, progress: bool = True) -> Path:
-    """Train and write ``OUT/model``; returns that folder."""
+    """Train and write ``OUT/model``; returns that folder.
+
+    ``cfg`` may also be a :class:`~world_models.memory_train.MemoryTrainConfig`
+    (``--world-model leworld``): the three-phase LeWorld memory training runs instead.
+    """
+    if not isinstance(cfg, TrainConfig):
+        from world_models.memory_train import train_leworld
+
+        return train_leworld(cfg, resume=resume, progress=progress)
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -377,7 +385,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder from leworld collect")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, tb/, model/")
     p.add_argument("--preset", default=defaults.preset, help="tiny, slim_*, baseline (see world_models/config.py)")
-    p.add_argument("--world-model", default="lewm", choices=["lewm", "leworld"], help="lewm (leworld: a later issue)")
+    p.add_argument(
+        "--world-model",
+        default="lewm",
+        choices=["lewm", "leworld"],
+        help="lewm (from pixels), or leworld (the memory model: three phases on the --encoder-model's latents)",
+    )
     p.add_argument("--steps", type=positive_int, default=defaults.steps)
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="global batch, in clips")
     p.add_argument("--lr", type=float, default=defaults.lr)
@@ -387,12 +400,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per process (0: default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g = p.add_argument_group("leworld memory model (--world-model leworld)")
+    g.add_argument("--memory-preset", default="tiny", help="tiny (CPU) or seed (the seed card's sizes)")
+    g.add_argument(
+        "--phase-steps",
+        type=positive_int,
+        nargs=3,
+        metavar=("PRETRAIN", "JOINT", "INFO"),
+        help="steps of phases 1, 2, 3 (default: --steps split 30/50/20 percent)",
+    )
+    g.add_argument("--horizon", type=positive_int, default=8, help="open-loop steps per training window (8)")
+    g.add_argument("--encoder-model", default="pusht-tiny", help="frozen encoder model the latents come from")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    if args.world_model != "lewm":
-        raise LeWorldError("--world-model leworld is not available yet: it arrives with the memory issue")
+def memory_config_from_args(args: argparse.Namespace):
+    """The :class:`~world_models.memory_train.MemoryTrainConfig` of ``--world-model leworld``."""
+    from world_models.leworld_memory import memory_preset
+    from world_models.memory_train import MemoryTrainConfig
+
+    memory_preset(args.memory_preset)  # an unknown name fails here, with the list
+    steps = args.phase_steps
+    if steps is None:
+        steps = [max(1, round(args.steps * f)) for f in (0.3, 0.5, 0.2)]
+    return MemoryTrainConfig(
+        data=str(args.data),
+        out=str(args.out),
+        memory_preset=args.memory_preset,
+        phase_steps=tuple(steps),
+        batch_size=args.batch_size,
+        horizon=args.horizon,
+        lr=args.lr,
+        seed=args.seed,
+        encoder_model=args.encoder_model,
+        checkpoint_every=args.checkpoint_every,
+        threads=args.threads,
+    )
+
+
+def config_from_args(args: argparse.Namespace):
+    """``TrainConfig`` for ``--world-model lewm``, ``MemoryTrainConfig`` for ``leworld``."""
+    if args.world_model == "leworld":
+        return memory_config_from_args(args)
     if args.batch_size < 2:
         raise LeWorldError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {args.batch_size}")
     preset(args.preset)  # an unknown name fails here, with the list
