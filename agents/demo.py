@@ -20,6 +20,7 @@ from typing import Any
 from agents.evaluate import PROTOCOLS, episode_options, load_agent, wilson_interval
 from leworld_env.play import PlayResult, PlaySettings, agent_source, has_display, play
 from leworld_env.task import open_start_bank
+from world_models.interface import WorldModel
 
 
 @dataclass
@@ -36,7 +37,7 @@ class DemoSettings:
     planner: dict[str, Any] | None = None  # overrides of the planner's settings (samples, iterations, ...)
 
 
-def run_demo(settings: DemoSettings) -> tuple[PlayResult, Any]:
+def run_demo(settings: DemoSettings) -> tuple[PlayResult, WorldModel]:
     """Plan ``settings.episodes`` real episodes side by side with the dream; returns the result and the model."""
     import world_models
 
@@ -55,6 +56,7 @@ def run_demo(settings: DemoSettings) -> tuple[PlayResult, Any]:
         record=settings.out,
         options=lambda i: options[i],
         max_episodes=settings.episodes,
+        window_optional=settings.window is None,  # auto: a display that will not open means headless
     )
     return play(wm, agent_source(agent), play_settings), wm
 

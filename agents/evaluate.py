@@ -170,42 +170,44 @@ def evaluate(
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc=f"{agent_name} on {env} ({protocol})", unit="episode")
-    for i in iterator:
-        obs, info = environment.reset(seed=seed + i, options=options[i])
-        start, goal_state = info["state"].tolist(), info["goal_state"].tolist()
-        coverages, episode_start, success, steps = [info["coverage"]], True, bool(info["is_success"]), 0
-        if frames is not None and i == 0:
-            frames.append(environment.render())
-        done = False
-        while not done:
-            began = time.perf_counter()
-            action, _ = agent.predict(obs, episode_start=np.array([episode_start]), deterministic=True)
-            decision_seconds.append(time.perf_counter() - began)
-            episode_start = False
-            obs, _, terminated, truncated, info = environment.step(action)
-            steps += 1
-            coverages.append(info["coverage"])
-            success = success or bool(info["is_success"])
-            done = terminated or truncated
+    try:
+        for i in iterator:
+            obs, info = environment.reset(seed=seed + i, options=options[i])
+            start, goal_state = info["state"].tolist(), info["goal_state"].tolist()
+            coverages, episode_start, success, steps = [info["coverage"]], True, bool(info["is_success"]), 0
             if frames is not None and i == 0:
                 frames.append(environment.render())
-        block, target = np.asarray(info["state"])[2:5], np.asarray(info["goal_state"])[2:5]
-        latent = obs["achieved_goal"][:latent_dim] - obs["desired_goal"][:latent_dim]
-        results.append(
-            EpisodeResult(
-                index=i,
-                success=success,
-                steps=steps,
-                final_coverage=float(coverages[-1]),
-                max_coverage=float(max(coverages)),
-                final_position_error=float(np.linalg.norm(block[:2] - target[:2])),
-                final_angle_error=float(angle_difference(block[2], target[2])),
-                final_latent_distance=float(np.sqrt(np.mean(latent.astype(np.float64) ** 2))),
-                start=start,
-                goal=goal_state,
+            done = False
+            while not done:
+                began = time.perf_counter()
+                action, _ = agent.predict(obs, episode_start=np.array([episode_start]), deterministic=True)
+                decision_seconds.append(time.perf_counter() - began)
+                episode_start = False
+                obs, _, terminated, truncated, info = environment.step(action)
+                steps += 1
+                coverages.append(info["coverage"])
+                success = success or bool(info["is_success"])
+                done = terminated or truncated
+                if frames is not None and i == 0:
+                    frames.append(environment.render())
+            block, target = np.asarray(info["state"])[2:5], np.asarray(info["goal_state"])[2:5]
+            latent = obs["achieved_goal"][:latent_dim] - obs["desired_goal"][:latent_dim]
+            results.append(
+                EpisodeResult(
+                    index=i,
+                    success=success,
+                    steps=steps,
+                    final_coverage=float(coverages[-1]),
+                    max_coverage=float(max(coverages)),
+                    final_position_error=float(np.linalg.norm(block[:2] - target[:2])),
+                    final_angle_error=float(angle_difference(block[2], target[2])),
+                    final_latent_distance=float(np.sqrt(np.mean(latent.astype(np.float64) ** 2))),
+                    start=start,
+                    goal=goal_state,
+                )
             )
-        )
-    environment.close()
+    finally:
+        environment.close()
     wins = sum(r.success for r in results)
     return EvaluationResult(
         agent=agent_name,

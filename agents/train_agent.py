@@ -98,14 +98,16 @@ def episode_video_callback(config: TrainAgentConfig, env_kwargs: dict[str, Any])
                 render_size=128,
                 **env_kwargs,
             )
-            obs, _ = env.reset(seed=config.seed + 20_000)
-            frames, done = [env.render()], False
-            while not done:
-                action, _ = self.model.predict(obs, deterministic=True)
-                obs, _, terminated, truncated, _ = env.step(action)
-                frames.append(env.render())
-                done = terminated or truncated
-            env.close()
+            try:
+                obs, _ = env.reset(seed=config.seed + 20_000)
+                frames, done = [env.render()], False
+                while not done:
+                    action, _ = self.model.predict(obs, deterministic=True)
+                    obs, _, terminated, truncated, _ = env.step(action)
+                    frames.append(env.render())
+                    done = terminated or truncated
+            finally:
+                env.close()
             add_video(writers[0], "eval/real_episode", frames, self.num_timesteps, fps=10)
             return True
 

@@ -285,6 +285,23 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ eval
+def check_output_paths(json_file: Path | None, logdir: Path | None) -> None:
+    """Fail before a long run, not after it: the JSON file's folder and the TensorBoard folder must be writable."""
+    import os
+
+    for path, what in ((json_file.parent if json_file else None, "--json"), (logdir, "--tensorboard")):
+        if path is None:
+            continue
+        if path.exists() and not path.is_dir():
+            raise LeWorldError(f"{what} {path}: exists and is not a folder")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LeWorldError(f"{what} {path}: cannot create the folder ({err.strerror or err})") from None
+        if not os.access(path, os.W_OK):
+            raise LeWorldError(f"{what} {path}: folder is not writable")
+
+
 def add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -319,6 +336,7 @@ def run_eval(args: argparse.Namespace) -> int:
     planner = planner_kwargs(args)
     if args.video is not None:
         check_video_path(args.video)
+    check_output_paths(args.json, args.tensorboard)
     try:
         wm = world_models.load(args.model, backend=args.backend)
         agent = load_agent(args.agent, wm, seed=args.seed, **planner)

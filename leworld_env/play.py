@@ -28,6 +28,8 @@ import numpy as np
 
 from leworld_env.envs import LeWorldPushTEnv, LeWorldPushTRealEnv
 from leworld_env.pusht_sim import TEE_CENTER_OF_GRAVITY, angle_difference
+from leworld_env.starts import GOAL_OFFSET
+from leworld_env.task import model_folder
 from world_models.data import EpisodeSteps
 from world_models.errors import LeWorldError
 from world_models.interface import WorldModel
@@ -82,7 +84,8 @@ class SideBySide:
         self.dream = LeWorldPushTEnv(**common)
         self.episode_steps = episode_steps
         self.render_size = render_size
-        self.model_name = Path(str(getattr(world_model, "path", "model"))).parent.name or "model"
+        folder = model_folder(world_model)
+        self.model_name = folder.name if folder is not None else type(world_model).__name__
         self.obs: dict[str, np.ndarray] = {}
         self.real_info: dict[str, Any] = {}
         self.dream_info: dict[str, Any] = {}
@@ -134,6 +137,7 @@ class SideBySide:
         return np.asarray(canvas)
 
     def close(self) -> None:
+        """Close both envs."""
         self.real.close()
         self.dream.close()
 
@@ -166,7 +170,7 @@ def replay_options(episode: EpisodeSteps, goal: str) -> dict[str, Any]:
     """Reset options that start at the episode's first state (goal: its state 25 physics steps on)."""
     options: dict[str, Any] = {"start": episode.state[0]}
     if goal == "dataset":
-        ahead = min(-(-25 // episode.frameskip), len(episode.state) - 1)
+        ahead = min(-(-GOAL_OFFSET // episode.frameskip), len(episode.state) - 1)
         options["goal_state"] = episode.state[ahead]
     return options
 
@@ -197,6 +201,7 @@ class PlayResult:
 
     @property
     def successes(self) -> int:
+        """Episodes that succeeded on real physics."""
         return sum(e.success for e in self.episodes)
 
 
@@ -215,6 +220,7 @@ class PlaySettings:
     render_size: int = 256
     options: Callable[[int], dict[str, Any] | None] | None = None  # reset options of episode i
     max_episodes: int | None = None
+    window_optional: bool = False  # a window that fails to open: go on headless (the demo) instead of an error
 
 
 def play(world_model: WorldModel, source: ActionSource | None, settings: PlaySettings) -> PlayResult:
@@ -228,8 +234,10 @@ def play(world_model: WorldModel, source: ActionSource | None, settings: PlaySet
     from leworld_env.video import check_video_path, write_video
 
     record = check_video_path(settings.record) if settings.record is not None else None
+    window = None if settings.headless else _open_window(settings)
+    if window is None and source is None:
+        raise LeWorldError("the keyboard agent needs a window, and none could open")
     scene = SideBySide(world_model, settings.goal, settings.episode_steps, settings.render_size)
-    window = None if settings.headless else _Window(settings.fps)
     result, frames = PlayResult(record=record), []
     try:
         _Session(scene, source, settings, window, result, frames).run()
@@ -237,10 +245,19 @@ def play(world_model: WorldModel, source: ActionSource | None, settings: PlaySet
         scene.close()
         if window is not None:
             window.close()
-    result.frames = len(frames)
     if record is not None and frames:
         write_video(record, frames, settings.fps)
     return result
+
+
+def _open_window(settings: PlaySettings) -> _Window | None:
+    """The pygame window, or ``None`` where it fails and ``window_optional`` allows going on without it."""
+    try:
+        return _Window(settings.fps)
+    except Exception as err:  # pygame.error, or an SDL video driver that will not start
+        if settings.window_optional and settings.record is not None:
+            return None
+        raise LeWorldError(f"cannot open a window ({err}); add --headless --record out.gif") from None
 
 
 class _Session:
@@ -257,6 +274,7 @@ class _Session:
     ) -> None:
         self.scene, self.source, self.settings, self.window = scene, source, settings, window
         self.result, self.frames = result, frames
+        self.keep_all = settings.record is not None  # without a recording only the newest frame is kept
         self.index = -1
         self.seconds: list[float] = []
 
@@ -273,7 +291,15 @@ class _Session:
         options = self.settings.options(self.index) if self.settings.options is not None else None
         self.scene.reset(self.settings.seed + self.index, options)
         self.seconds = []
-        self.frames.append(self.scene.frame(self.footer()))
+        self.draw()
+
+    def draw(self) -> None:
+        """Compose the current frame: recorded, or kept as the only one for the window."""
+        frame = self.scene.frame(self.footer())
+        if not self.keep_all:
+            self.frames.clear()
+        self.frames.append(frame)
+        self.result.frames += 1
 
     def end_episode(self) -> None:
         scene = self.scene
@@ -322,7 +348,7 @@ class _Session:
             episode_start = False
             scene.step(action)
             self.result.steps += 1
-            self.frames.append(scene.frame(self.footer()))
+            self.draw()
         self.end_episode()
 
 

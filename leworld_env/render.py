@@ -12,7 +12,7 @@ class HumanWindow:
     surface, so ``render_mode="human"`` never fails on a headless machine.
     """
 
-    def __init__(self, title: str, fps: int) -> None:
+    def __init__(self, title: str, fps: float) -> None:
         import pygame
 
         self.pygame = pygame

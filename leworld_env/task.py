@@ -67,11 +67,14 @@ def open_model(model: str | Path | WorldModel, backend: str | None, port: str | 
         if backend is not None and backend != model.backend:
             raise ValueError(f"model is already loaded on backend {model.backend!r}; backend={backend!r} disagrees")
         return model
-    backend = DEFAULT_BACKEND if backend is None else _choice("backend", backend, BACKENDS)
+    if backend is not None:  # None: world_models.load picks (numba-q4 where the model has an .lq40)
+        backend = _choice("backend", backend, BACKENDS)
     if backend in DEVICE_BACKENDS and not port:
         raise ValueError(f"backend {backend!r} needs port= (a device path such as /dev/ttyUSB0, or a pyserial URL)")
     if backend not in DEVICE_BACKENDS and port is not None:
-        raise ValueError(f"port= is for the hardware backends ({', '.join(DEVICE_BACKENDS)}), not {backend!r}")
+        raise ValueError(
+            f"port= is for the hardware backends ({', '.join(DEVICE_BACKENDS)}), not {backend or DEFAULT_BACKEND!r}"
+        )
     if backend in DEVICE_BACKENDS:
         return load(model, backend=backend, port=port)
     key = (str(Path(model).resolve()) if Path(model).exists() else str(model), backend)
@@ -92,10 +95,15 @@ def model_folder(model: str | Path | WorldModel) -> Path | None:
 
 
 def open_start_bank(model: str | Path | WorldModel) -> StartBank:
-    """The model folder's ``starts.safetensors``, else the default model's."""
-    folder = model_folder(model)
-    if folder is not None and (folder / STARTS_FILE).is_file():
-        return load_start_bank(folder / STARTS_FILE)
+    """The model folder's ``starts.safetensors``, else its encoder model's (a LeWorld memory model's
+    frozen LeWM), else the default model's."""
+    candidates = [model_folder(model)]
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, WorldModel):
+        candidates.append(model_folder(encoder))
+    for folder in candidates:
+        if folder is not None and (folder / STARTS_FILE).is_file():
+            return load_start_bank(folder / STARTS_FILE)
     return load_start_bank(SHIPPED_DIR / DEFAULT_MODEL / STARTS_FILE)
 
 
@@ -155,7 +163,7 @@ def make_setup(
         )
     return TaskSetup(
         world_model=world_model,
-        bank=open_start_bank(model),
+        bank=open_start_bank(world_model),
         goal=goal,
         reward=reward,
         frameskip=frameskip,

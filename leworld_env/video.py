@@ -24,6 +24,8 @@ def check_video_path(path: Path) -> Path:
         raise LeWorldError(f"{path}: a recording must end in {' or '.join(VIDEO_SUFFIXES)}")
     if not path.parent.is_dir():
         raise LeWorldError(f"{path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise LeWorldError(f"{path}: folder {path.parent} is not writable")
     return path
 
 
@@ -42,8 +44,8 @@ def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float = 10.0) -> No
     # OpenCV picks the container from the suffix, so the temporary file keeps ".mp4".
     handle, temporary = tempfile.mkstemp(suffix=".mp4", dir=path.parent, prefix=f".{path.stem}.")
     os.close(handle)
+    writer = cv2.VideoWriter(temporary, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
     try:
-        writer = cv2.VideoWriter(temporary, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
         if not writer.isOpened():
             raise LeWorldError(f"{path}: OpenCV cannot write MPEG-4 here; record a .gif instead")
         for frame in checked:
@@ -51,13 +53,17 @@ def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float = 10.0) -> No
         writer.release()
         _commit(temporary, path)
     finally:
+        writer.release()
         Path(temporary).unlink(missing_ok=True)
 
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 10.0) -> None:
     """A .gif or .mp4 by the file's suffix."""
     path = check_video_path(path)
-    if path.suffix.lower() == ".gif":
-        write_gif(path, frames, fps)
-    else:
-        write_mp4(path, frames, fps)
+    try:
+        if path.suffix.lower() == ".gif":
+            write_gif(path, frames, fps)
+        else:
+            write_mp4(path, frames, fps)
+    except OSError as err:
+        raise LeWorldError(f"{path}: cannot write the recording ({err.strerror or err})") from None

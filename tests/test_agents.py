@@ -149,6 +149,16 @@ def test_leworld_eval_logs_to_tensorboard(tmp_path):
     assert 2 <= gif_frame_count(logged.Images("eval/first_episode")[0].encoded_image_string) <= steps + 1
 
 
+def test_leworld_eval_checks_its_output_paths_first(tmp_path):
+    """A bad --tensorboard or --json folder fails at once, in one line, before any episode runs."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli("eval", "--agent", "random", "--episodes", "1", "--tensorboard", str(blocker))
+    assert_one_line_error(result, "--tensorboard", "not a folder")
+    result = run_cli("eval", "--agent", "random", "--episodes", "1", "--json", str(blocker / "x.json"))
+    assert_one_line_error(result, "--json", "not a folder")
+
+
 def test_leworld_eval_writes_results_and_a_gif(tmp_path):
     out, gif = tmp_path / "eval.json", tmp_path / "first.gif"
     result = run_cli(

@@ -268,7 +268,7 @@ def test_cli_trains_three_phases_end_to_end(short_dataset, tmp_path):
 
     import leworld_env
 
-    env = gym.make(leworld_env.DREAM_ID, model=str(out / "model"), backend="torch", goal="dataset")
+    env = gym.make(leworld_env.DREAM_ID, model=str(out / "model"), goal="dataset")  # no backend: load picks
     obs, _ = env.reset(seed=0)
     z0 = obs["observation"].copy()
     action = np.array([0.5, -0.25], np.float32)

@@ -103,6 +103,10 @@ class LeWorldRuntime(WorldModel):
         self.path = Path(folder)
         self.backend = backend
         self.model, self.meta = load_leworld(self.path)
+        if not isinstance(self.meta.get("encoder_model"), str):
+            raise LeWorldError(
+                f"{self.path / 'config.json'}: no 'encoder_model' (the LeWM model whose latents it uses)"
+            )
         self.encoder = world_models.load(self.meta["encoder_model"], backend="numba")
         mem = self.model.cfg
         if self.encoder.config.latent_dim != mem.latent_dim:

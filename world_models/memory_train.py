@@ -90,7 +90,14 @@ def load_or_encode(cfg: MemoryTrainConfig, out: Path, progress: bool) -> LatentE
     """The dataset's latents: ``OUT/latents.safetensors`` if present, else encoded and written there."""
     path = out / LATENTS_FILE
     if path.is_file():
-        return load_latents(path)
+        cached = load_latents(path)
+        source = (cached.info.get("dataset"), cached.info.get("encoder_model"))
+        if Path(cfg.data).suffix == ".safetensors" or source == (str(cfg.data), str(cfg.encoder_model)):
+            return cached
+        raise LeWorldError(
+            f"{path}: latents of {source[0]!r} encoded by {source[1]!r}, but this run asks for {str(cfg.data)!r} "
+            f"with {str(cfg.encoder_model)!r}; use a new --out, or delete the file to encode again"
+        )
     if Path(cfg.data).suffix == ".safetensors":
         latents = load_latents(cfg.data)
     else:

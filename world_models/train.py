@@ -400,7 +400,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per process (0: default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    g = p.add_argument_group("leworld memory model (--world-model leworld)")
+    g = p.add_argument_group(
+        "leworld memory model (--world-model leworld; --preset, --val-every and --probe-steps are LeWM's only)"
+    )
     g.add_argument("--memory-preset", default="tiny", help="tiny (CPU) or seed (the seed card's sizes)")
     g.add_argument(
         "--phase-steps",
@@ -414,12 +416,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def memory_config_from_args(args: argparse.Namespace):
+def memory_config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~world_models.memory_train.MemoryTrainConfig` of ``--world-model leworld``."""
     from world_models.leworld_memory import memory_preset
     from world_models.memory_train import MemoryTrainConfig
 
     memory_preset(args.memory_preset)  # an unknown name fails here, with the list
+    if not args.lr > 0:
+        raise LeWorldError(f"--lr must be above 0, got {args.lr}")
     steps = args.phase_steps
     if steps is None:
         steps = [max(1, round(args.steps * f)) for f in (0.3, 0.5, 0.2)]
@@ -438,7 +442,7 @@ def memory_config_from_args(args: argparse.Namespace):
     )
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> Any:
     """``TrainConfig`` for ``--world-model lewm``, ``MemoryTrainConfig`` for ``leworld``."""
     if args.world_model == "leworld":
         return memory_config_from_args(args)
