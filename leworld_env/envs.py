@@ -30,8 +30,6 @@ from leworld_env.task import (
 from world_models.interface import WorldModel
 from world_models.runtime import DEFAULT_MODEL
 
-RESET_OPTIONS = ("bank_index", "start", "goal_state")
-
 ENV_ARGUMENTS = """
     Arguments:
         model: a shipped model's name (default ``"pusht-tiny"``), a model folder, an ``.lq40``
@@ -243,14 +241,8 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = sorted(set(options) - {*RESET_OPTIONS, "physics"})
-        if unknown:
-            raise ValueError(
-                f"unknown reset option(s) {', '.join(map(repr, unknown))}; known: {', '.join(RESET_OPTIONS)}, physics"
-            )
-        physics = options.pop("physics", None)
-        start, goal_state = start_and_goal(self.setup, self.np_random, options)
+        start, goal_state = start_and_goal(self.setup, self.np_random, options, extra=("physics",))
+        physics = (options or {}).get("physics")
         self.sim.reset(state=start, physics=self._episode_physics(physics))
         size = self.setup.image_size
         z = self.world_model.encode(np.stack([self.sim.frame(), draw_frames(goal_state[None], size)[0]]))

@@ -282,18 +282,20 @@ def compute_reward_batch(setup: TaskSetup, achieved: Any, desired: Any) -> np.nd
 
 # ------------------------------------------------------------------ episodes
 def start_and_goal(
-    setup: TaskSetup, rng: np.random.Generator, options: dict[str, Any] | None
+    setup: TaskSetup, rng: np.random.Generator, options: dict[str, Any] | None, extra: tuple[str, ...] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
     """A start state (5,) and goal state (5,) (agent xy, block pose) for a new episode.
 
     Reset options: ``bank_index`` (int) picks a bank entry; ``start`` (5 numbers) and
-    ``goal_state`` (5 numbers, ``goal="dataset"`` only) give states directly.
+    ``goal_state`` (5 numbers, ``goal="dataset"`` only) give states directly. ``extra``: option
+    names the caller handles itself (accepted here, not used).
     Without options a bank entry is drawn from ``rng``.
     """
     options = dict(options or {})
-    unknown = sorted(set(options) - {"bank_index", "start", "goal_state"})
+    known = ("bank_index", "start", "goal_state", *extra)
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"unknown reset option(s) {', '.join(unknown)}; known: bank_index, start, goal_state")
+        raise ValueError(f"unknown reset option(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
     if "bank_index" in options:
         index = options["bank_index"]
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(setup.bank):

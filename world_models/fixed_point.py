@@ -30,6 +30,7 @@ import numpy as np
 from numba_kernels import fixed_point as fx
 from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
+from world_models.interface import check_history, check_sequence
 
 DEFAULT_FRAC_BITS = 16
 # Predictor layers and the weight formats the fixed-point engine takes for them.
@@ -119,12 +120,7 @@ class FixedPointPredictor:
         return cls(cfg, layers, tensors, path, int(frac_bits))
 
     # ------------------------------------------------------------ input checks
-    def _sequence(self, name: str, x: Any, last: int) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 3 or x.shape[2] != last or x.shape[1] < 1:
-            raise ValueError(f"{name} must have shape [B, T, {last}], got {list(x.shape)}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"{name} holds NaN or inf values")
+    def _in_range(self, name: str, x: np.ndarray) -> np.ndarray:
         if np.any(np.abs(x) >= self.input_limit):
             raise ValueError(
                 f"{name} holds values outside the fixed-point range (|x| < {self.input_limit:g} "
@@ -134,12 +130,9 @@ class FixedPointPredictor:
 
     def _history(self, z_hist: Any, a_hist: Any) -> tuple[np.ndarray, np.ndarray]:
         """Checked, quantized last ``history`` steps of z_hist [B, T, D] and a_hist [B, T, A]."""
-        z = self._sequence("z_hist", z_hist, self.config.latent_dim)
-        a = self._sequence("a_hist", a_hist, self.config.action_dim)
-        if z.shape[:2] != a.shape[:2]:
-            raise ValueError(f"z_hist {list(z.shape)} and a_hist {list(a.shape)} must agree on [B, T]")
-        h = self.config.history
-        return self.quantize(z[:, -h:]), self.quantize(a[:, -h:])
+        cfg = self.config
+        z, a = check_history(z_hist, a_hist, cfg.latent_dim, cfg.action_dim, cfg.history)
+        return self.quantize(self._in_range("z_hist", z)), self.quantize(self._in_range("a_hist", a))
 
     def quantize(self, x: Any) -> np.ndarray:
         """float -> int32 activations: round(x * 2**frac_bits), half to even, saturated."""
@@ -162,7 +155,7 @@ class FixedPointPredictor:
         prediction uses ``a_hist[:, -1]``, ``a_future[:, i]`` is applied at the i-th predicted latent.
         Predictions are fed back as their integers (the same values a float32 round trip gives)."""
         z, a = self._history(z_hist, a_hist)
-        future = self._sequence("a_future", a_future, self.config.action_dim)
+        future = self._in_range("a_future", check_sequence("a_future", a_future, self.config.action_dim))
         if future.shape[0] != z.shape[0]:
             raise ValueError(f"a_future has batch {future.shape[0]}, z_hist has {z.shape[0]}")
         return self.to_float(self.rollout_fixed(z, a, self.quantize(future)))

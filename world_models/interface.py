@@ -37,6 +37,26 @@ def _check_finite(name: str, x: np.ndarray) -> None:
         raise ValueError(f"{name} holds NaN or inf values")
 
 
+def check_sequence(name: str, x: Any, last: int) -> np.ndarray:
+    """``x`` as a contiguous float32 [B, T >= 1, last] array of finite values, or a ``ValueError`` naming it."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 3 or x.shape[2] != last or x.shape[1] < 1:
+        raise ValueError(f"{name} must have shape [B, T, {last}], got {list(x.shape)}")
+    _check_finite(name, x)
+    return np.ascontiguousarray(x)
+
+
+def check_history(
+    z_hist: Any, a_hist: Any, latent_dim: int, action_dim: int, history: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Checked latent and action histories, cut to their last ``history`` steps."""
+    z = check_sequence("z_hist", z_hist, latent_dim)
+    a = check_sequence("a_hist", a_hist, action_dim)
+    if z.shape[:2] != a.shape[:2]:
+        raise ValueError(f"z_hist {list(z.shape)} and a_hist {list(a.shape)} must agree on [B, T]")
+    return z[:, -history:], a[:, -history:]
+
+
 class WorldModel:
     """Base class of every backend: input checks, and ``rollout`` built on ``predict``."""
 
@@ -75,20 +95,9 @@ class WorldModel:
             raise ValueError(f"pixels must have shape [B, {size}, {size}, 3] for this model, got {list(pixels.shape)}")
         return np.ascontiguousarray(pixels)
 
-    def _sequence(self, name: str, x: Any, last: int) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 3 or x.shape[2] != last or x.shape[1] < 1:
-            raise ValueError(f"{name} must have shape [B, T, {last}], got {list(x.shape)}")
-        _check_finite(name, x)
-        return np.ascontiguousarray(x)
-
     def _history(self, z_hist: Any, a_hist: Any) -> tuple[np.ndarray, np.ndarray]:
-        z = self._sequence("z_hist", z_hist, self.config.latent_dim)
-        a = self._sequence("a_hist", a_hist, self.config.action_dim)
-        if z.shape[:2] != a.shape[:2]:
-            raise ValueError(f"z_hist {list(z.shape)} and a_hist {list(a.shape)} must agree on [B, T]")
-        h = self.config.history
-        return z[:, -h:], a[:, -h:]
+        cfg = self.config
+        return check_history(z_hist, a_hist, cfg.latent_dim, cfg.action_dim, cfg.history)
 
     # ------------------------------------------------------------ interface
     def encode(self, pixels: Any) -> np.ndarray:
@@ -110,7 +119,7 @@ class WorldModel:
         at the i-th predicted latent (the last one is unused but keeps shapes aligned).
         """
         z, a = self._history(z_hist, a_hist)
-        future = self._sequence("a_future", a_future, self.config.action_dim)
+        future = check_sequence("a_future", a_future, self.config.action_dim)
         if future.shape[0] != z.shape[0]:
             raise ValueError(f"a_future has batch {future.shape[0]}, z_hist has {z.shape[0]}")
         return self._rollout(z, a, future)

@@ -54,6 +54,7 @@ from world_models.leworld_memory import (
     memory_preset,
     transition_vector,
 )
+from world_models.train import load_checkpoint, warmup_cosine
 
 CHECKPOINT = "checkpoint.pt"
 LATENTS_FILE = "latents.safetensors"
@@ -269,11 +270,7 @@ def tau_at(step: int, total: int, cfg: MemoryTrainConfig) -> float:
 
 def lr_at(step: int, total: int, lr: float) -> float:
     """Linear warmup over 5% of the phase, then cosine to 5%."""
-    warm = max(1, total // 20)
-    if step < warm:
-        return lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return warmup_cosine(step, total, max(1, total // 20), lr, 0.05)
 
 
 def phase_step(
@@ -338,13 +335,6 @@ def save_checkpoint(out: Path, model: LeWorldMemory, optimizer, phase: int, step
         buffer,
     )
     atomic_write_bytes(out / CHECKPOINT, buffer.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a torch file can fail in many ways; all mean "unusable checkpoint"
-        raise LeWorldError(f"{path}: unreadable checkpoint ({err})") from None
 
 
 # ------------------------------------------------------------------ main loop
