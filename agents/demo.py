@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.evaluate import PROTOCOLS, episode_options, load_agent, wilson_interval
-from leworld_env.play import PlayResult, PlaySettings, agent_source, has_display, play
-from leworld_env.task import open_start_bank
+from leworld_env.envs.task import open_start_bank
+from leworld_env.playback.play import PlayResult, PlaySettings, agent_source, has_display, play
 from world_models.interface import WorldModel
 
 

@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 import leworld_env
-from leworld_env.pusht_sim import PushTSim, angle_difference
+from leworld_env.sim.pusht_sim import PushTSim, angle_difference
 from world_models.errors import LeWorldError
 
 ENVS = {"real": leworld_env.REAL_ID, "dream": leworld_env.DREAM_ID}

@@ -124,7 +124,7 @@ def train_agent(config: TrainAgentConfig) -> Path:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
     import leworld_env
-    from leworld_env.sb3 import LeWorldSB3VecEnv
+    from leworld_env.envs.sb3 import LeWorldSB3VecEnv
 
     params = load_hyperparams(config.algo, config.hyperparams)
     n_envs = int(config.n_envs or params.pop("n_envs", 16))  # the CLI's value, else the YAML's

@@ -17,8 +17,8 @@ import time
 import numpy as np
 
 import world_models
-from leworld_env.collect import CollectConfig, collect_episode
-from world_models.fixed_point import FixedPointPredictor
+from leworld_env.sim.collect import CollectConfig, collect_episode
+from world_models.backends.devices.fixed_point import FixedPointPredictor
 
 HORIZON = 5
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leworld_env.collect import CollectConfig, collect
+from leworld_env.sim.collect import CollectConfig, collect
 from world_models import PushTClips
 
 

@@ -14,8 +14,8 @@ Importing this package registers (Gymnasium 1.x loads no plugin entry points)::
 
 import gymnasium as gym
 
-from leworld_env.pusht_sim import HiddenPhysics, PushTSim, PushTState, lewm_success, sample_hidden_physics
-from leworld_env.task import DEFAULT_EPISODE_STEPS
+from leworld_env.envs.task import DEFAULT_EPISODE_STEPS
+from leworld_env.sim.pusht_sim import HiddenPhysics, PushTSim, PushTState, lewm_success, sample_hidden_physics
 
 DREAM_ID = "LeWorld-PushT-v0"
 REAL_ID = "LeWorld-PushT-Real-v0"
@@ -26,18 +26,20 @@ def _register() -> None:
     if DREAM_ID not in gym.registry:
         gym.register(
             id=DREAM_ID,
-            entry_point="leworld_env.envs:LeWorldPushTEnv",
-            vector_entry_point="leworld_env.vector:LeWorldPushTVectorEnv",
+            entry_point="leworld_env.envs.pusht:LeWorldPushTEnv",
+            vector_entry_point="leworld_env.envs.vector:LeWorldPushTVectorEnv",
             max_episode_steps=DEFAULT_EPISODE_STEPS,
         )
     if REAL_ID not in gym.registry:
         gym.register(
-            id=REAL_ID, entry_point="leworld_env.envs:LeWorldPushTRealEnv", max_episode_steps=DEFAULT_EPISODE_STEPS
+            id=REAL_ID,
+            entry_point="leworld_env.envs.pusht:LeWorldPushTRealEnv",
+            max_episode_steps=DEFAULT_EPISODE_STEPS,
         )
     if HIDDEN_REAL_ID not in gym.registry:
         gym.register(
             id=HIDDEN_REAL_ID,
-            entry_point="leworld_env.envs:LeWorldPushTRealEnv",
+            entry_point="leworld_env.envs.pusht:LeWorldPushTRealEnv",
             max_episode_steps=DEFAULT_EPISODE_STEPS,
             kwargs={"hidden_physics": True},
         )

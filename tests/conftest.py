@@ -27,7 +27,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def weak_expert_dataset(tmp_path_factory) -> Path:
     """The issue's command: 4 weak-expert episodes at 64 px, seed 0."""
-    from leworld_env.collect import CollectConfig, collect
+    from leworld_env.sim.collect import CollectConfig, collect
 
     out = tmp_path_factory.mktemp("data") / "weak"
     config = CollectConfig(policy="weak-expert", episodes=4, image_size=64, seed=0)
@@ -37,7 +37,7 @@ def weak_expert_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def short_dataset(tmp_path_factory) -> Path:
     """Ten short episodes, enough for a train/validation split."""
-    from leworld_env.collect import CollectConfig, collect
+    from leworld_env.sim.collect import CollectConfig, collect
 
     out = tmp_path_factory.mktemp("data") / "short"
     config = CollectConfig(policy="weak-expert", episodes=10, image_size=64, max_steps=60, seed=1)

@@ -10,10 +10,10 @@ import minari
 import numpy as np
 import pytest
 
-from leworld_env import collect as collect_module
-from leworld_env.collect import CollectConfig, collect
+from leworld_env.sim import collect as collect_module
+from leworld_env.sim.collect import CollectConfig, collect
 from tests.conftest import run_cli
-from world_models.data import load_dataset_info
+from world_models.data.dataset import load_dataset_info
 from world_models.errors import LeWorldError
 
 
@@ -112,7 +112,7 @@ def test_weak_expert_data_is_full_of_contacts(weak_expert_dataset, tmp_path):
 
 def test_recorded_state_replays_on_gym_pusht(weak_expert_dataset):
     """The dataset is real physics: replaying its targets from its start reproduces it."""
-    from leworld_env.pusht_sim import PushTSim
+    from leworld_env.sim.pusht_sim import PushTSim
 
     episode = episodes_of(weak_expert_dataset)[1]
     sim = PushTSim(64)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.test_collect import assert_one_line_error
-from world_models.data import PushTClips, load_dataset_info, split_episodes
+from world_models.data.dataset import PushTClips, load_dataset_info, split_episodes
 from world_models.errors import DatasetError
 
 

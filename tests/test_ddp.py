@@ -8,8 +8,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from tests.test_lewm import SMALL, small_model
-from world_models.lewm import LeWM
-from world_models.train import local_slice, sigreg_generator, train_step, wrap_distributed
+from world_models.lewm.model import LeWM
+from world_models.lewm.train import local_slice, sigreg_generator, train_step, wrap_distributed
 
 CFG = SMALL  # the small model of the model tests
 GLOBAL_BATCH = 8
@@ -74,7 +74,7 @@ def test_two_processes_match_one(tmp_path):
 
 def test_sigreg_on_local_batches_would_differ():
     """The property above is not vacuous: SIGReg of half a batch is not SIGReg of the whole."""
-    from world_models.lewm import sigreg
+    from world_models.lewm.model import sigreg
 
     z = torch.randn(GLOBAL_BATCH, 16, generator=torch.Generator().manual_seed(0))
     whole = sigreg(z, 32, 17, sigreg_generator(0, 7))

@@ -20,11 +20,11 @@ import pytest
 
 import leworld_env  # noqa: F401  (registers the env ids)
 import world_models
-from world_models.devices import client as device_client
-from world_models.devices.client import DeviceError, DeviceLink, DeviceTimeoutError
-from world_models.devices.emulator import LatencyModel, make_emulator
-from world_models.devices.faults import FAULTS, FaultPlan
-from world_models.devices.protocol import (
+from world_models.backends.devices import client as device_client
+from world_models.backends.devices.client import DeviceError, DeviceLink, DeviceTimeoutError
+from world_models.backends.devices.emulator import LatencyModel, make_emulator
+from world_models.backends.devices.faults import FAULTS, FaultPlan
+from world_models.backends.devices.protocol import (
     LOAD_REQUEST,
     LOAD_RESPONSE,
     MAX_SEQUENCE,
@@ -206,8 +206,8 @@ class FixedPointReference(WorldModel):
     backend = "fixed-point-reference"
 
     def __init__(self, path: Path) -> None:
-        from world_models.fixed_point import FixedPointPredictor
-        from world_models.numba_engine import NumbaWorldModel
+        from world_models.backends.devices.fixed_point import FixedPointPredictor
+        from world_models.backends.numba_engine import NumbaWorldModel
 
         self.fixed = FixedPointPredictor.from_lq40(path)
         self.local = NumbaWorldModel.from_lq40(path)
@@ -227,7 +227,7 @@ class FixedPointReference(WorldModel):
 
 
 def test_env_episode_on_the_fpga_emulator_is_its_fixed_point_reference_exactly(reference):
-    pytest.importorskip("world_models.fixed_point")
+    pytest.importorskip("world_models.backends.devices.fixed_point")
     with make_emulator("fpga") as emulator:
         emulator.start()
         env = gym.make("LeWorld-PushT-v0", backend="fpga", port=emulator.path)
@@ -444,7 +444,7 @@ def test_malformed_or_stalled_load_model_answers_are_device_errors(esp32_pty, mo
 
 
 def test_a_reconnect_that_finds_another_device_is_an_error(esp32_pty):
-    pytest.importorskip("world_models.fixed_point")
+    pytest.importorskip("world_models.backends.devices.fixed_point")
     with make_emulator("fpga") as fpga:
         fpga.start()
         with DeviceLink(esp32_pty.path, **FAST) as link:

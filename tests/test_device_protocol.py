@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from world_models.devices.emulator import MAX_SESSIONS, Device
-from world_models.devices.faults import FaultPlan, FaultyTransport
-from world_models.devices.protocol import (
+from world_models.backends.devices.emulator import MAX_SESSIONS, Device
+from world_models.backends.devices.faults import FaultPlan, FaultyTransport
+from world_models.backends.devices.protocol import (
     HEADER,
     HELLO_REQUEST,
     OVERHEAD,

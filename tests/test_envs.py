@@ -13,10 +13,10 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import leworld_env
-from leworld_env.envs import LeWorldPushTEnv, LeWorldPushTRealEnv
-from leworld_env.pusht_sim import PushTSim
-from leworld_env.starts import STARTS_FILE, load_start_bank
-from leworld_env.task import FIXED_GOAL_AGENT, features_to_pose, pose_features
+from leworld_env.envs.pusht import LeWorldPushTEnv, LeWorldPushTRealEnv
+from leworld_env.envs.starts import STARTS_FILE, load_start_bank
+from leworld_env.envs.task import FIXED_GOAL_AGENT, features_to_pose, pose_features
+from leworld_env.sim.pusht_sim import PushTSim
 from numba_kernels.pusht_raster import GOAL_POSE
 from world_models.errors import LeWorldError
 
@@ -81,7 +81,7 @@ def test_dataset_goal_comes_from_the_bank():
     np.testing.assert_array_equal(info["goal_state"], bank.goal[5])
     d = env.setup.latent_dim
     np.testing.assert_allclose(features_to_pose(obs["desired_goal"][d:]), bank.goal[5, 2:5], atol=1e-4)
-    expected = env.world_model.encode(leworld_env.task.draw_frames(bank.goal[5][None], 64))[0]
+    expected = env.world_model.encode(leworld_env.envs.task.draw_frames(bank.goal[5][None], 64))[0]
     np.testing.assert_allclose(obs["desired_goal"][:d], expected, atol=1e-4)  # encoded in a batch of 2
 
 
@@ -211,7 +211,7 @@ def test_bad_arguments_name_the_valid_ones(kwargs, message):
 
 
 def test_batched_envs_check_render_size_too():
-    from leworld_env.vector import LeWorldPushTVectorEnv
+    from leworld_env.envs.vector import LeWorldPushTVectorEnv
 
     with pytest.raises(ValueError, match="render_size must be a whole number of pixels >= 8"):
         LeWorldPushTVectorEnv(num_envs=2, render_size=3)
@@ -238,9 +238,9 @@ def test_model_with_the_wrong_action_size_is_refused(tmp_path):
     import torch
 
     from tests.test_lewm import SMALL
-    from world_models.io import save_model
-    from world_models.lewm import LeWM, init_weights
-    from world_models.probe import Probe
+    from world_models.lewm.folder import save_model
+    from world_models.lewm.model import LeWM, init_weights
+    from world_models.lewm.probe import Probe
 
     torch.manual_seed(0)
     config = dataclasses.replace(SMALL, action_dim=3)
@@ -253,8 +253,8 @@ def test_model_with_the_wrong_action_size_is_refused(tmp_path):
 
 def test_a_model_folder_without_a_bank_uses_the_default_one(tmp_path):
     from tests.test_lewm import SMALL, small_model
-    from world_models.io import save_model
-    from world_models.probe import Probe
+    from world_models.lewm.folder import save_model
+    from world_models.lewm.probe import Probe
 
     save_model(tmp_path / "m", small_model(), Probe(SMALL.latent_dim, hidden=16), {"r2_val": {}})
     env = LeWorldPushTEnv(model=tmp_path / "m", backend="numba", goal="dataset")
@@ -335,7 +335,7 @@ def test_vector_env_autoresets_on_the_next_step():
 
 
 def test_sb3_vec_env_resets_on_the_same_step():
-    from leworld_env.sb3 import LeWorldSB3VecEnv
+    from leworld_env.envs.sb3 import LeWorldSB3VecEnv
 
     venv = LeWorldSB3VecEnv(num_envs=4, max_episode_steps=3)
     venv.seed(9)
@@ -369,7 +369,7 @@ def test_ppo_runs_2048_steps_on_the_sb3_adapter(tmp_path):
     import torch
     from stable_baselines3 import PPO
 
-    from leworld_env.sb3 import LeWorldSB3VecEnv
+    from leworld_env.envs.sb3 import LeWorldSB3VecEnv
 
     torch.manual_seed(0)
     venv = LeWorldSB3VecEnv(num_envs=16, max_episode_steps=20)
@@ -386,7 +386,7 @@ def test_ppo_runs_2048_steps_on_the_sb3_adapter(tmp_path):
 def test_her_sac_trains_on_the_sb3_adapter():
     from stable_baselines3 import SAC, HerReplayBuffer
 
-    from leworld_env.sb3 import LeWorldSB3VecEnv
+    from leworld_env.envs.sb3 import LeWorldSB3VecEnv
 
     venv = LeWorldSB3VecEnv(num_envs=2, max_episode_steps=10, reward="success")
     agent = SAC(

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 import world_models
-from leworld_env.collect import CollectConfig, collect_episode
+from leworld_env.sim.collect import CollectConfig, collect_episode
 from numba_kernels import fixed_point as fx
 from numba_kernels.nn_ops import attention
 from numba_kernels.quant import F16_TO_F32, quantize_q4_0
+from world_models.backends.devices.fixed_point import FixedPointPredictor
 from world_models.errors import LeWorldError
-from world_models.fixed_point import FixedPointPredictor
 from world_models.runtime import SHIPPED_DIR, resolve_lq40
 
 F = 16
@@ -156,7 +156,7 @@ def test_bad_rollout_inputs_raise_value_errors(fixed):
 
 
 def test_bad_files_and_non_q4_predictors_raise_leworld_errors(tmp_path):
-    from world_models.quantize import quantize_folder
+    from world_models.backends.quantize import quantize_folder
 
     with pytest.raises(LeWorldError, match="no model"):
         FixedPointPredictor.from_lq40(tmp_path / "missing.lq40")

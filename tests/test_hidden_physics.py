@@ -15,9 +15,9 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import leworld_env
 from leworld_env.cli import main
-from leworld_env.collect import CollectConfig, collect
-from leworld_env.envs import LeWorldPushTRealEnv
-from leworld_env.pusht_sim import (
+from leworld_env.envs.pusht import LeWorldPushTRealEnv
+from leworld_env.sim.collect import CollectConfig, collect
+from leworld_env.sim.pusht_sim import (
     HIDDEN_PHYSICS_FIELDS,
     HIDDEN_PHYSICS_RANGES,
     HiddenPhysics,

@@ -10,7 +10,7 @@ import torch
 
 from world_models.config import PRESETS, ModelConfig, preset
 from world_models.errors import LeWorldError
-from world_models.lewm import LeWM, count_parameters, init_weights, sigreg
+from world_models.lewm.model import LeWM, count_parameters, init_weights, sigreg
 
 SMALL = dataclasses.replace(
     preset("tiny"),

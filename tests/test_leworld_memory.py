@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
+from world_models.data.latents import LatentEpisodes, encode_dataset
 from world_models.errors import LeWorldError
-from world_models.latents import LatentEpisodes, encode_dataset
-from world_models.leworld_memory import (
+from world_models.memory.model import (
     ABLATIONS,
     DYN_RECORDS,
     HIST_WORDS,
@@ -22,7 +22,7 @@ from world_models.leworld_memory import (
     init_weights,
     memory_preset,
 )
-from world_models.memory_train import (
+from world_models.memory.train import (
     MemoryTrainConfig,
     dynamics_transitions,
     phase_step,
@@ -188,7 +188,7 @@ def test_seed_preset_parameter_counts_are_near_the_seed_card():
 
 
 def test_ablations_change_the_rollout(model, latents):
-    from world_models.memory_eval import open_loop_error
+    from world_models.memory.evaluate import open_loop_error
 
     # A trained-looking head so the memory matters: random non-zero prediction head.
     torch.nn.init.normal_(model.blm.head.weight, std=0.05)
@@ -204,7 +204,7 @@ def test_ablations_change_the_rollout(model, latents):
 
 def test_model_folder_round_trip_and_runtime(model, latents, tmp_path):
     import world_models
-    from world_models.memory_runtime import load_leworld, save_leworld
+    from world_models.memory.runtime import load_leworld, save_leworld
 
     torch.nn.init.normal_(model.blm.head.weight, std=0.05)
     save_leworld(tmp_path / "m", model, encoder_model="pusht-tiny")

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import world_models
 from tests.test_numba_backend import inputs, model_dir  # noqa: F401  (fixture)
+from world_models.backends.lq40 import ALIGN, MAGIC, Tensor, encode_lq40, parse_lq40, read_model
+from world_models.backends.quantize import quantize_folder
 from world_models.errors import LeWorldError
-from world_models.lq40 import ALIGN, MAGIC, Tensor, encode_lq40, parse_lq40, read_model
-from world_models.quantize import quantize_folder
 
 
 @pytest.fixture(scope="module")

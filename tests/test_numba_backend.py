@@ -18,10 +18,10 @@ import torch
 import world_models
 from tests.conftest import run_cli
 from tests.test_lewm import SMALL, small_model
+from world_models.backends.quantize import MODES, agreement, layer_formats, quantize_folder, wanda_prune
 from world_models.errors import LeWorldError
-from world_models.io import save_model
-from world_models.probe import Probe
-from world_models.quantize import MODES, agreement, layer_formats, quantize_folder, wanda_prune
+from world_models.lewm.folder import save_model
+from world_models.lewm.probe import Probe
 
 
 def randomized_model(seed: int = 0):

@@ -9,11 +9,20 @@ import pytest
 from PIL import Image
 
 import world_models
-from leworld_env.play import GAP, HEADER, PlaySettings, SideBySide, agent_source, play, replay_options, replay_source
-from leworld_env.starts import GOAL_OFFSET
+from leworld_env.envs.starts import GOAL_OFFSET
+from leworld_env.playback.play import (
+    GAP,
+    HEADER,
+    PlaySettings,
+    SideBySide,
+    agent_source,
+    play,
+    replay_options,
+    replay_source,
+)
 from tests.conftest import run_cli
 from tests.test_collect import assert_one_line_error
-from world_models.data import read_episode
+from world_models.data.dataset import read_episode
 from world_models.errors import DatasetError, LeWorldError
 
 SIZE = 256  # the default side of each half
@@ -145,8 +154,8 @@ def test_window_keys_pause_step_reset_and_quit(wm, monkeypatch, tmp_path):
     """Through SDL's dummy driver: space pauses, n steps once, r resets, q quits; arrows drive the agent."""
     import pygame
 
-    import leworld_env.play as play_module
-    from leworld_env.render import HumanWindow
+    import leworld_env.playback.play as play_module
+    from leworld_env.envs.render import HumanWindow
 
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     monkeypatch.setattr(play_module, "has_display", lambda: True)
@@ -209,7 +218,7 @@ def test_play_refuses_a_headless_session_without_a_file(wm):
 
 def test_a_window_that_will_not_open(wm, monkeypatch, tmp_path):
     """A display that fails: a one-line error for play; the demo's optional window falls back to the file."""
-    import leworld_env.play as play_module
+    import leworld_env.playback.play as play_module
 
     def broken(fps):
         raise RuntimeError("x11 connection refused")
@@ -228,7 +237,7 @@ def test_a_window_that_will_not_open(wm, monkeypatch, tmp_path):
 
 def test_without_a_recording_only_the_newest_frame_is_kept(wm, monkeypatch):
     """A window session without --record does not grow with time."""
-    import leworld_env.play as play_module
+    import leworld_env.playback.play as play_module
 
     kept = []
     real_run = play_module._Session.run

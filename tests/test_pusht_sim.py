@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gym_pusht.envs import PushTEnv
 
-from leworld_env.pusht_sim import (
+from leworld_env.sim.pusht_sim import (
     PushTSim,
     angle_difference,
     legacy_reset_position,

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 import world_models
 from tests.test_lewm import SMALL, small_model
 from world_models.errors import LeWorldError
-from world_models.io import load_model, save_model
-from world_models.probe import Probe, fit_probe, r2_per_field, state_to_targets, targets_to_state
+from world_models.lewm.folder import load_model, save_model
+from world_models.lewm.probe import Probe, fit_probe, r2_per_field, state_to_targets, targets_to_state
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import world_models
 from tests.conftest import run_cli
 from tests.test_collect import assert_one_line_error
-from world_models import train as train_module
-from world_models.train import TrainConfig, lr_at, train
+from world_models.lewm import train as train_module
+from world_models.lewm.train import TrainConfig, lr_at, train
 from world_models.video import gif_frame_count
 
 SCALARS = [
@@ -69,7 +69,7 @@ def tiny_run(short_dataset, tmp_path_factory):
 
 
 def test_tiny_run_writes_a_loadable_model(tiny_run, short_dataset):
-    from world_models.data import PushTClips
+    from world_models.data.dataset import PushTClips
 
     wm = world_models.load(tiny_run / "model", backend="torch")
     assert wm.config.image_size == 64 and wm.config.frameskip == 5
@@ -167,7 +167,7 @@ def test_torchrun_two_processes_train_validate_and_save(short_dataset, tmp_path)
             "--master_addr=127.0.0.1",
             f"--master_port={port}",
             "-m",
-            "world_models.train",
+            "world_models.lewm.train",
             "--data",
             str(short_dataset),
             "--out",

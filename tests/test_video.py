@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from leworld_env.video import write_video
+from leworld_env.playback.video import write_video
 from world_models.errors import LeWorldError
 from world_models.video import add_video, check_frames, gif_bytes, gif_frame_count
 

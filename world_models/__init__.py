@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from world_models.data import ClipBatch, PushTClips, load_dataset_info
+from world_models.data.dataset import ClipBatch, PushTClips, load_dataset_info
 from world_models.errors import DatasetError, LeWorldError
 
 _LAZY = {
@@ -19,7 +19,7 @@ _LAZY = {
     "ModelConfig": "world_models.config",
     "preset": "world_models.config",
     "DEFAULT_MODEL": "world_models.runtime",
-    "TorchWorldModel": "world_models.torch_backend",
+    "TorchWorldModel": "world_models.backends.torch_backend",
     "WorldModel": "world_models.interface",
     "load": "world_models.runtime",
     "shipped_models": "world_models.runtime",

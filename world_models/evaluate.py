@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from world_models.data import PushTClips
-from world_models.probe import PROBE_FIELDS, r2_per_field, state_to_targets
+from world_models.data.dataset import PushTClips
+from world_models.lewm.probe import PROBE_FIELDS, r2_per_field, state_to_targets
 
 HORIZONS = 5
 
@@ -71,8 +71,8 @@ def run_summary(run: Path) -> tuple[list[tuple[int, float]], float]:
 def write_model_card(model_dir: Path, data: Path, run: Path | None, commands: list[str]) -> str:
     """Measure, then write ``MODEL_CARD.md`` into the model folder; returns its text."""
     import world_models
-    from world_models.data import load_dataset_info
-    from world_models.lewm import count_parameters
+    from world_models.data.dataset import load_dataset_info
+    from world_models.lewm.model import count_parameters
 
     wm = world_models.load(model_dir, backend="torch")
     r2_fresh = probe_r2(wm, data)

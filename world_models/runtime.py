@@ -81,10 +81,10 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, *
             (seconds per call, 2), ``retries`` (3) and ``baud`` (921600).
     """
     if Path(name_or_path).is_dir():
-        from world_models.memory_runtime import is_leworld_folder
+        from world_models.memory.runtime import is_leworld_folder
 
         if is_leworld_folder(name_or_path):  # a LeWorld memory model: torch networks + numba memory
-            from world_models.memory_runtime import LeWorldRuntime
+            from world_models.memory.runtime import LeWorldRuntime
 
             if backend not in (None, "torch", "numba") or kwargs:
                 raise LeWorldError(
@@ -99,20 +99,20 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, *
     if backend not in BACKENDS:
         raise LeWorldError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend in DEVICE_BACKENDS:
-        from world_models.devices.client import open_device_model
+        from world_models.backends.devices.client import open_device_model
 
         options = dict(kwargs)
         return open_device_model(name_or_path, backend, options.pop("port", None), **options)
     if kwargs:
         raise LeWorldError(f"backend {backend!r} takes no options, got {', '.join(kwargs)}")
     if backend == "numba-q4":
-        from world_models.numba_engine import NumbaWorldModel
+        from world_models.backends.numba_engine import NumbaWorldModel
 
         return NumbaWorldModel.from_lq40(resolve_lq40(name_or_path))
     if backend == "numba":
-        from world_models.numba_engine import NumbaWorldModel
+        from world_models.backends.numba_engine import NumbaWorldModel
 
         return NumbaWorldModel.from_folder(resolve_model(name_or_path))
-    from world_models.torch_backend import TorchWorldModel
+    from world_models.backends.torch_backend import TorchWorldModel
 
     return TorchWorldModel(resolve_model(name_or_path))

@@ -1,0 +1,46 @@
+"""``leworld bench plan``: time per planning decision for each CPU backend.
+
+The reference is LeWM's own figure: about 1 s per CEM plan (300 samples x 30
+iterations, horizon 5) on a GPU. Decisions are timed on a real start latent and
+goal from the start bank, after one warm-up decision.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from leworld_env.cli.bench.common import BenchRow
+
+LEWM_SECONDS_PER_PLAN = 1.0
+
+
+def bench_plan(model: str | Path = "pusht-tiny", quick: bool = False) -> list[BenchRow]:
+    """Seconds per CEM decision (LeWM's settings) on each CPU backend, and per iCEM / MPPI decision."""
+    import world_models
+    from agents.planning import make_planner
+    from leworld_env.envs.task import draw_frames, goal_vectors, open_start_bank
+
+    bank = open_start_bank(model)
+    rows = []
+    decisions = 1 if quick else 3
+    for backend in ("numba-q4", "numba", "torch"):
+        wm = world_models.load(model, backend=backend)
+        z = wm.encode(draw_frames(np.stack([bank.start[0], bank.goal[0]]), wm.config.image_size))
+        obs = {
+            "achieved_goal": goal_vectors(z[:1], bank.start[:1, 2:5])[0],
+            "desired_goal": goal_vectors(z[1:], bank.goal[:1, 2:5])[0],
+        }
+        names = ("cem", "icem", "mppi") if backend == "numba-q4" else ("cem",)
+        for name in names:
+            planner = make_planner(name, wm, iterations=3) if quick else make_planner(name, wm)
+            planner.predict(obs)  # warm-up: compilation, caches
+            started = time.perf_counter()
+            for _ in range(decisions):
+                planner.predict(obs, episode_start=np.array([False]))
+            seconds = (time.perf_counter() - started) / decisions
+            label = f"{name} decision ({planner.samples} x {planner.iterations}, horizon {planner.horizon}), {backend}"
+            rows.append(BenchRow(label, seconds, "s", "LeWM's ~1 s on a GPU", LEWM_SECONDS_PER_PLAN / seconds))
+    return rows

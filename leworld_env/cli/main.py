@@ -1,0 +1,459 @@
+"""The ``leworld`` command line.
+
+Every sub-command has ``--help``. Mistakes in the input (a bad value, a file
+that exists or is corrupt) are printed as one line on stderr and exit with
+code 2; Ctrl-C exits with 130 and leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from leworld_env.cli.device import add_device_parser
+from leworld_env.cli.play import add_demo, add_planner_args, add_play, planner_kwargs
+from world_models.argtypes import positive_int
+from world_models.errors import LeWorldError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``leworld collect: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------ collect
+def add_collect(sub: argparse._SubParsersAction) -> None:
+    from leworld_env.sim.policies import POLICIES
+
+    p = sub.add_parser(
+        "collect",
+        help="record real PushT episodes into a Minari dataset",
+        description=(
+            "Drive real PushT (gym-pusht physics) with a scripted policy and write a Minari dataset: per "
+            "physics step the frame, the relative action, agent position and velocity, block pose and "
+            "coverage. The same seed gives the same data, whatever --workers."
+        ),
+    )
+    p.add_argument("--policy", default="weak-expert", help=f"one of: {', '.join(sorted(POLICIES))}")
+    p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default 100)")
+    p.add_argument("--image-size", type=positive_int, default=96, help="frame side in pixels: 64, 96 or 224")
+    p.add_argument("--frameskip", type=positive_int, default=5, help="physics steps each action is held (5)")
+    p.add_argument("--action-scale", type=float, default=100.0, help="pixels per unit of action (100)")
+    p.add_argument("--max-steps", type=positive_int, default=300, help="physics steps per episode at most (300)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--jpeg", action="store_true", help="JPEG-encode frames (smaller, lossy)")
+    p.add_argument(
+        "--hidden-physics",
+        action="store_true",
+        help="draw each episode's damping, contact friction and block mass (recorded in infos/physics; "
+        "see docs/pusht.md)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_collect)
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from leworld_env.sim.collect import CollectConfig, collect
+
+    config = CollectConfig(
+        policy=args.policy,
+        episodes=args.episodes,
+        image_size=args.image_size,
+        frameskip=args.frameskip,
+        action_scale=args.action_scale,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        jpeg=args.jpeg,
+        hidden_physics=args.hidden_physics,
+    )
+    out = collect(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+    from world_models.data.dataset import load_dataset_info
+
+    info = load_dataset_info(out)
+    print(f"wrote {info.total_episodes} episodes, {info.total_steps} physics steps to {out}")
+    return 0
+
+
+# -------------------------------------------------------------------- bench
+BENCH_TARGETS = ("data", "device", "env", "kernels", "memory", "plan", "train")
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks, each against a reference measured in the same run",
+        description=(
+            "data: gym-pusht pixel and state steps/s next to LeWorld's simulator with frames; frame drawing "
+            "against gym-pusht's; dataset reading and clip sampling against a memory copy. "
+            "train: training clips/s of a preset next to inference encoding (and the loader, with --dataset). "
+            "kernels: Q4_0 matvec and matmul against a memory copy and float32 BLAS; numba-q4 and numba "
+            "predict and encode against the torch backend at batch 1, 16 and 256. "
+            "env: gym-pusht steps/s (pixels and state) next to LeWorld-PushT-v0 single and vector (16, 64, "
+            "256 envs) for each CPU backend, and the real twin. plan: seconds per CEM decision (300 x 30, horizon "
+            "5) for each CPU backend, and per iCEM and MPPI decision, against LeWM's ~1 s on a GPU. "
+            "device: an ESP32 emulator on a pty at common baud rates (and no link model): a small command's round "
+            "trip, predict at batch 1 and 16 against in-process numba-q4; the FPGA emulator's predict and error. "
+            "memory: the numba bit-memory kernels (pack/unpack bits, range reads and writes of bits and words) "
+            "over 1, 64 and 256 envs of 65,536 words against numpy references, and a memory copy."
+        ),
+    )
+    p.add_argument("target", choices=BENCH_TARGETS, help="what to measure")
+    p.add_argument("--dataset", type=Path, help="dataset to read (data; default: collect a small one)")
+    p.add_argument("--image-size", type=positive_int, default=64, help="frame side for data (64)")
+    p.add_argument("--batch-size", type=positive_int, help="clips per batch (data: 256, train: 128)")
+    p.add_argument("--history", type=positive_int, default=3, help="context model steps (3)")
+    p.add_argument("--num-preds", type=positive_int, default=1, help="predicted model steps (1)")
+    p.add_argument("--preset", default="tiny", help="model preset for train (tiny)")
+    p.add_argument("--model", default="pusht-tiny", help="model for kernels and env (shipped name or folder)")
+    p.add_argument("--size", type=positive_int, default=4096, help="square matrix side for kernels (4096)")
+    p.add_argument("--quick", action="store_true", help="shorter timing windows (smoke runs)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from leworld_env.cli.bench.common import bench_data, bench_train, print_table, write_json
+
+    if args.target == "device":
+        from leworld_env.cli.bench.device import bench_device
+
+        rows = bench_device(args.model, args.quick)
+    elif args.target == "memory":
+        from leworld_env.cli.bench.memory import bench_memory
+
+        rows = bench_memory(args.quick)
+    elif args.target == "kernels":
+        from leworld_env.cli.bench.kernels import bench_kernels
+
+        rows = bench_kernels(args.model, args.size, args.quick)
+    elif args.target == "plan":
+        from leworld_env.cli.bench.plan import bench_plan
+
+        rows = bench_plan(args.model, args.quick)
+    elif args.target == "env":
+        from leworld_env.cli.bench.env import bench_env
+
+        rows = bench_env(args.model, args.quick)
+    elif args.target == "train":
+        rows = bench_train(args.preset, args.batch_size or 128, args.dataset)
+    else:
+        rows = bench_data(args.dataset, args.image_size, args.batch_size or 256, args.history, args.num_preds)
+    print_table(rows)
+    if args.json:
+        write_json(rows, args.json)
+    return 0
+
+
+# ----------------------------------------------------------------- quantize
+def add_quantize(sub: argparse._SubParsersAction) -> None:
+    from world_models.backends.quantize import MODES
+
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a model to an .lq40 file",
+        description=(
+            "Quantize a model folder (or shipped model) to an .lq40 file and print its size, the compression "
+            "against float32, and the cosine similarity of encode and predict against the float32 model on "
+            "held-out data (the --data dataset's validation split; without --data, freshly collected "
+            "weak-expert episodes). Modes: full = INT8 encoder + Q4_0 predictor; q4-pred = Q4_0 predictor; "
+            "wanda20-q4 / wanda40-q4 = WANDA-pruned Q4_0 predictor (calibrated on --data); ternary = INT8 "
+            "encoder + ternary predictor."
+        ),
+    )
+    p.add_argument("--model", default="pusht-tiny", help="model folder or shipped name (pusht-tiny)")
+    p.add_argument("--mode", default="full", choices=list(MODES), help="quantization mode (full)")
+    p.add_argument("--out", required=True, type=Path, help="output .lq40 file")
+    p.add_argument("--data", type=Path, help="dataset for calibration and the held-out comparison")
+    p.add_argument("--clips", type=positive_int, default=256, help="held-out clips to compare on (256)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=run_quantize)
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import world_models
+    from world_models.backends.quantize import agreement, held_out_clips, quantize_folder, report_lines
+    from world_models.runtime import resolve_model
+
+    if args.out.exists() and not args.overwrite:
+        raise LeWorldError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.out.suffix != ".lq40":
+        raise LeWorldError(f"--out {args.out}: the file name must end in .lq40")
+    folder = resolve_model(args.model)
+    reference = world_models.load(folder, backend="torch")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data
+        if data is None:
+            from leworld_env.sim.collect import CollectConfig, collect
+
+            print("no --data: collecting 6 fresh weak-expert episodes (seed 2026) to compare on")
+            config = CollectConfig(
+                policy="weak-expert",
+                episodes=6,
+                image_size=reference.config.image_size,
+                frameskip=reference.config.frameskip,
+                action_scale=reference.config.action_scale,
+                max_steps=150,
+                seed=2026,
+            )
+            data = collect(config, Path(tmp) / "held-out", progress=False)
+        clips = held_out_clips(data, reference.config, clips=args.clips)
+    result = quantize_folder(folder, args.mode, args.out, calibration=clips)
+    scores = agreement(reference, world_models.load(result.path, backend="numba-q4"), *clips)
+    print("\n".join(report_lines(result, scores)))
+    return 0
+
+
+# -------------------------------------------------------------------- train
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from world_models.lewm.train import add_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="train a LeWM world model on a collected dataset",
+        description=(
+            "Train a LeWM JEPA (ViT encoder, adaLN-zero predictor, SIGReg) on a leworld collect dataset; "
+            "TensorBoard logs in OUT/tb, resumable checkpoints in OUT/checkpoint.pt (Ctrl-C saves), the "
+            "model with its state probe in OUT/model. Several processes: torchrun --nproc_per_node=N "
+            "-m world_models.lewm.train with the same options."
+        ),
+    )
+    add_arguments(p)
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from world_models.lewm.train import config_from_args, train
+
+    train(config_from_args(args), resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+# -------------------------------------------------------------------- probe
+def add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="fit the latent-to-state probe of a model and report R^2",
+        description=(
+            "Fit a small MLP from the model's frozen latents to the physical state (agent xy, block xy, "
+            "sin/cos of the angle) on a dataset's training episodes, report R^2 per field on its held-out "
+            "episodes, and store the probe in the model folder (leworld train does this at the end)."
+        ),
+    )
+    p.add_argument("--model", required=True, type=Path, help="model folder")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder from leworld collect")
+    p.add_argument("--steps", type=positive_int, default=1500, help="optimizer steps (1500)")
+    p.add_argument("--frames", type=positive_int, default=4000, help="frames per split at most (4000)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of episodes (0.1)")
+    p.add_argument("--hidden", type=positive_int, default=256, help="probe hidden width (256)")
+    p.add_argument("--dry-run", action="store_true", help="report R^2 without writing the probe")
+    p.set_defaults(run=run_probe)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from world_models.data.dataset import load_dataset_info
+    from world_models.lewm.folder import load_model, save_model
+    from world_models.lewm.probe import fit_dataset_probe
+
+    if not 0.0 < args.val_fraction < 1.0:
+        raise LeWorldError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    model, _, _ = load_model(args.model)
+    data = load_dataset_info(args.data)
+    if data.image_size != model.cfg.image_size:
+        raise LeWorldError(
+            f"{args.data}: frames are {data.image_size}px but the model {args.model} takes {model.cfg.image_size}px"
+        )
+    probe, r2, info = fit_dataset_probe(
+        model, str(args.data), args.val_fraction, args.frames, args.steps, hidden=args.hidden
+    )
+    print("probe R^2 on held-out episodes: " + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()))
+    if not args.dry_run:
+        save_model(args.model, model, probe, info)
+        print(f"probe written to {args.model}")
+    return 0
+
+
+# ------------------------------------------------------------------ eval
+def check_output_paths(json_file: Path | None, logdir: Path | None) -> None:
+    """Fail before a long run, not after it: the JSON file's folder and the TensorBoard folder must be writable."""
+    import os
+
+    for path, what in ((json_file.parent if json_file else None, "--json"), (logdir, "--tensorboard")):
+        if path is None:
+            continue
+        if path.exists() and not path.is_dir():
+            raise LeWorldError(f"{what} {path}: exists and is not a folder")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LeWorldError(f"{what} {path}: cannot create the folder ({err.strerror or err})") from None
+        if not os.access(path, os.W_OK):
+            raise LeWorldError(f"{what} {path}: folder is not writable")
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a planner or an SB3 policy on real or dreamed PushT",
+        description=(
+            "Run an agent for N episodes under a protocol (docs/evaluation.md) and print the success "
+            "rate with a 95% interval, coverage, steps and time per decision. lewm: held-out start, goal "
+            "25 physics steps ahead, 50 physics steps, 20 px / pi/9. pusht: gym-pusht's random start and "
+            "fixed goal, 300 physics steps, coverage > 0.95."
+        ),
+    )
+    p.add_argument("--agent", required=True, help="cem, icem, mppi, random, or an SB3 PATH.zip (PPO or SAC)")
+    p.add_argument("--env", choices=["real", "dream"], default="real", help="real physics or the dream (real)")
+    p.add_argument("--protocol", choices=["lewm", "pusht"], default="lewm", help="evaluation protocol (lewm)")
+    p.add_argument("--episodes", type=positive_int, default=50, help="episodes (50)")
+    p.add_argument("--seed", type=int, default=0, help="episode i starts from (seed, i) (0)")
+    p.add_argument("--model", default="pusht-tiny", help="world model: shipped name or folder (pusht-tiny)")
+    p.add_argument("--backend", help="numba-q4 (default), numba or torch")
+    add_planner_args(p)
+    p.add_argument("--json", type=Path, help="write the results (summary and every episode) here")
+    p.add_argument("--video", type=Path, help="write the first episode here (.gif or .mp4)")
+    p.add_argument("--tensorboard", type=Path, help="log the summary, every episode and the first one's video here")
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import world_models
+    from agents.evaluate import evaluate, load_agent
+    from leworld_env.playback.video import check_video_path, write_video
+    from world_models.files import atomic_write_bytes
+
+    planner = planner_kwargs(args)
+    if args.video is not None:
+        check_video_path(args.video)
+    check_output_paths(args.json, args.tensorboard)
+    try:
+        wm = world_models.load(args.model, backend=args.backend)
+        agent = load_agent(args.agent, wm, seed=args.seed, **planner)
+        frames: list | None = [] if args.video or args.tensorboard else None
+        result = evaluate(
+            agent,
+            args.agent,
+            args.env,
+            args.protocol,
+            args.episodes,
+            args.seed,
+            args.model,
+            args.backend,
+            frames=frames,
+        )
+    except ValueError as err:
+        raise LeWorldError(str(err)) from None
+    print(result.table())
+    if args.json:
+        atomic_write_bytes(args.json, result.to_json().encode())
+        print(f"results written to {args.json}")
+    if args.video and frames:
+        write_video(args.video, frames, fps=10)
+        print(f"first episode written to {args.video} ({len(frames)} frames)")
+    if args.tensorboard:
+        from agents.evaluate import log_evaluation
+
+        log_evaluation(result, args.tensorboard, frames or [])
+        print(f"tensorboard --logdir {args.tensorboard}")
+    return 0
+
+
+# ------------------------------------------------------------------ train-agent
+def add_train_agent(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-agent",
+        help="train an SB3 agent in imagination, evaluated on real physics",
+        description=(
+            "PPO, SAC or HER-SAC on the batched dream (LeWorldSB3VecEnv) with hyperparameters from "
+            "agents/hyperparams/ALGO.yml; an EvalCallback on the real twin logs eval/success_rate to "
+            "TensorBoard (OUT/tb); checkpoints in OUT/checkpoints; the final model is OUT/model.zip."
+        ),
+    )
+    p.add_argument("--algo", choices=["ppo", "sac", "her-sac"], default="ppo", help="algorithm (ppo)")
+    p.add_argument("--timesteps", type=positive_int, help="environment steps (default: the YAML's n_timesteps)")
+    p.add_argument("--envs", type=positive_int, help="dream envs in the batch (default: the YAML's n_envs)")
+    p.add_argument("--out", type=Path, default=Path("runs/agent"), help="output folder (runs/agent)")
+    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--model", default="pusht-tiny", help="world model: shipped name or folder (pusht-tiny)")
+    p.add_argument("--backend", help="numba-q4 (default), numba or torch")
+    p.add_argument("--eval-every", type=positive_int, default=10_000, help="steps between real-twin evaluations")
+    p.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation (10)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=50_000, help="steps between checkpoints")
+    p.add_argument("--hyperparams", type=Path, help="a YAML file instead of agents/hyperparams/ALGO.yml")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_train_agent)
+
+
+def run_train_agent(args: argparse.Namespace) -> int:
+    from agents.train_agent import TrainAgentConfig, train_agent
+
+    config = TrainAgentConfig(
+        algo=args.algo,
+        out=args.out,
+        timesteps=args.timesteps,
+        n_envs=args.envs,
+        seed=args.seed,
+        model=args.model,
+        backend=args.backend,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        progress=not args.no_progress,
+        hyperparams=args.hyperparams,
+    )
+    final = train_agent(config)
+    print(f"model written to {final}; tensorboard --logdir {args.out / 'tb'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from leworld_env.sim.collect import package_version
+
+    parser = OneLineParser(
+        prog="leworld",
+        description="LeWorld: a learned world model of PushT as Gymnasium environments.",
+    )
+    parser.add_argument("--version", action="version", version=f"leworld {package_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    add_collect(sub)
+    add_train(sub)
+    add_probe(sub)
+    add_bench(sub)
+    add_quantize(sub)
+    add_eval(sub)
+    add_train_agent(sub)
+    add_play(sub)
+    add_demo(sub)
+    add_device_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except LeWorldError as err:
+        print(f"leworld {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"leworld {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

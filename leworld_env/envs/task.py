@@ -1,0 +1,332 @@
+"""What the dream and the real twin share: arguments, spaces, goals, reward and success.
+
+A *goal vector* (``achieved_goal`` and ``desired_goal``) is a latent followed by
+the block pose it shows, ``[z (D), x / 512, y / 512, sin angle, cos angle]``.
+Both halves are needed: the latent for LeWM's latent-distance reward and for
+planners, the pose for gym-pusht's coverage and the success tests. In the
+dream the achieved pose is probed from the latent; in the real twin it is the
+simulator's. :func:`goal_reward` reads only the two goal vectors, so
+``compute_reward`` gives the step's reward exactly and HER can relabel goals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from leworld_env.envs.starts import STARTS_FILE, StartBank, load_start_bank
+from leworld_env.sim.pusht_sim import SUCCESS_COVERAGE, lewm_success
+from numba_kernels.pusht_geometry import tee_coverage_pairs
+from numba_kernels.pusht_raster import GOAL_POSE, WORLD_SIZE, render_pusht
+from world_models.errors import LeWorldError
+from world_models.interface import WorldModel
+from world_models.runtime import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_MODEL,
+    DEVICE_BACKENDS,
+    SHIPPED_DIR,
+    load,
+    resolve_model,
+)
+
+GOALS = ("fixed", "dataset")
+REWARDS = ("coverage", "latent", "success")
+POSE_FEATURES = 4  # x / 512, y / 512, sin angle, cos angle
+FIXED_GOAL_AGENT = (350.0, 160.0)  # where the agent stands in the fixed goal's frame: clear of the goal tee
+DEFAULT_EPISODE_STEPS = 60  # gym-pusht's 300 physics steps at the default frameskip of 5
+RENDER_FPS = 10
+
+_MODEL_CACHE: dict[tuple[str, str], WorldModel] = {}
+
+
+def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(valid)}")
+    return str(value)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1, or a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
+def open_model(model: str | Path | WorldModel, backend: str | None, port: str | None) -> WorldModel:
+    """The world model behind an env: a shipped name, a folder or ``.lq40`` path, or a loaded model.
+
+    Models on CPU backends are shared between envs of one process (they hold no episode state).
+    """
+    if isinstance(model, WorldModel):
+        if backend is not None and backend != model.backend:
+            raise ValueError(f"model is already loaded on backend {model.backend!r}; backend={backend!r} disagrees")
+        return model
+    if backend is not None:  # None: world_models.load picks (numba-q4 where the model has an .lq40)
+        backend = _choice("backend", backend, BACKENDS)
+    if backend in DEVICE_BACKENDS and not port:
+        raise ValueError(f"backend {backend!r} needs port= (a device path such as /dev/ttyUSB0, or a pyserial URL)")
+    if backend not in DEVICE_BACKENDS and port is not None:
+        raise ValueError(
+            f"port= is for the hardware backends ({', '.join(DEVICE_BACKENDS)}), not {backend or DEFAULT_BACKEND!r}"
+        )
+    if backend in DEVICE_BACKENDS:
+        return load(model, backend=backend, port=port)
+    key = (str(Path(model).resolve()) if Path(model).exists() else str(model), backend)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load(model, backend=backend)
+    return _MODEL_CACHE[key]
+
+
+def model_folder(model: str | Path | WorldModel) -> Path | None:
+    """The folder a model was read from, where there is one."""
+    path = Path(getattr(model, "path", "")) if isinstance(model, WorldModel) else Path(model)
+    if path.suffix == ".lq40":
+        return path.parent
+    try:
+        return resolve_model(path) if str(path) else None
+    except LeWorldError:
+        return None
+
+
+def open_start_bank(model: str | Path | WorldModel) -> StartBank:
+    """The model folder's ``starts.safetensors``, else its encoder model's (a LeWorld memory model's
+    frozen LeWM), else the default model's."""
+    candidates = [model_folder(model)]
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, WorldModel):
+        candidates.append(model_folder(encoder))
+    for folder in candidates:
+        if folder is not None and (folder / STARTS_FILE).is_file():
+            return load_start_bank(folder / STARTS_FILE)
+    return load_start_bank(SHIPPED_DIR / DEFAULT_MODEL / STARTS_FILE)
+
+
+@dataclass
+class TaskSetup:
+    """Checked environment arguments and what they resolve to (shared by every env class)."""
+
+    world_model: WorldModel
+    bank: StartBank
+    goal: str
+    reward: str
+    frameskip: int  # physics steps per env step
+    predicts_per_step: int  # model steps per env step
+    history: int  # latents stacked in ``observation``
+    max_episode_steps: int | None
+
+    @property
+    def latent_dim(self) -> int:
+        return self.world_model.config.latent_dim
+
+    @property
+    def image_size(self) -> int:
+        return self.world_model.config.image_size
+
+
+def make_setup(
+    model: str | Path | WorldModel = DEFAULT_MODEL,
+    backend: str | None = None,
+    port: str | None = None,
+    goal: str = "fixed",
+    reward: str = "coverage",
+    frameskip: int | None = None,
+    history: int = 1,
+    max_episode_steps: int | None = None,
+) -> TaskSetup:
+    """Check every argument (a clear ``ValueError`` naming it) and load the model and the start bank."""
+    goal = _choice("goal", goal, GOALS)
+    reward = _choice("reward", reward, REWARDS)
+    history = check_positive_int("history", history)
+    if max_episode_steps is not None:
+        max_episode_steps = check_positive_int("max_episode_steps", max_episode_steps)
+    if frameskip is not None:
+        frameskip = check_positive_int("frameskip", frameskip)
+    world_model = open_model(model, backend, port)
+    config = world_model.config
+    if config.action_dim != 2:
+        raise ValueError(f"model {model}: action_dim is {config.action_dim}; PushT actions are 2-d (dx, dy)")
+    if config.image_size < 8:
+        raise ValueError(f"model {model}: image_size {config.image_size} is below the 8 px the renderer draws")
+    if not world_model.has_probe:
+        raise ValueError(f"model {model}: has no probe (latent -> state); run leworld probe --model {model}")
+    frameskip = config.frameskip if frameskip is None else frameskip
+    if frameskip % config.frameskip:
+        raise ValueError(
+            f"frameskip {frameskip} must be a multiple of the model's frameskip {config.frameskip} "
+            "(one env step is a whole number of model steps)"
+        )
+    return TaskSetup(
+        world_model=world_model,
+        bank=open_start_bank(world_model),
+        goal=goal,
+        reward=reward,
+        frameskip=frameskip,
+        predicts_per_step=frameskip // config.frameskip,
+        history=history,
+        max_episode_steps=max_episode_steps,
+    )
+
+
+# ------------------------------------------------------------------ spaces
+def observation_space(latent_dim: int, history: int) -> spaces.Dict:
+    """``observation``: the last ``history`` latents, oldest first, flat; goals: latent + pose features."""
+    goal_box = spaces.Box(-np.inf, np.inf, (latent_dim + POSE_FEATURES,), np.float32)
+    return spaces.Dict(
+        {
+            "observation": spaces.Box(-np.inf, np.inf, (history * latent_dim,), np.float32),
+            "achieved_goal": goal_box,
+            "desired_goal": goal_box,
+        }
+    )
+
+
+ACTION_SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+def check_render_size(render_size: Any) -> int:
+    """A rendered frame's side: a whole number of pixels >= 8."""
+    if isinstance(render_size, bool) or not isinstance(render_size, (int, np.integer)) or render_size < 8:
+        raise ValueError(f"render_size must be a whole number of pixels >= 8, got {render_size!r}")
+    return int(render_size)
+
+
+def check_actions(actions: Any, batch: int) -> np.ndarray:
+    """Actions as float32 (batch, 2), clipped to [-1, 1]; NaN or inf is a ``ValueError``."""
+    array = np.asarray(actions, dtype=np.float32)
+    if array.size != batch * 2:
+        raise ValueError(f"expected {batch} action(s) of shape (2,), got an array of shape {array.shape}")
+    array = array.reshape(batch, 2)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"actions must be finite numbers in [-1, 1], got {array.tolist()}")
+    return np.clip(array, -1.0, 1.0)
+
+
+# ------------------------------------------------------------------ goals, reward, success
+def pose_features(block_pose: np.ndarray) -> np.ndarray:
+    """(..., 3) block x, y, angle -> (..., 4) float32 x / 512, y / 512, sin, cos."""
+    pose = np.asarray(block_pose, dtype=np.float64)
+    return np.stack(
+        [pose[..., 0] / WORLD_SIZE, pose[..., 1] / WORLD_SIZE, np.sin(pose[..., 2]), np.cos(pose[..., 2])], axis=-1
+    ).astype(np.float32)
+
+
+def features_to_pose(features: np.ndarray) -> np.ndarray:
+    """(..., 4) pose features -> (..., 3) float64 block x, y, angle in [0, 2 pi)."""
+    f = np.asarray(features, dtype=np.float64)
+    angle = np.remainder(np.arctan2(f[..., 2], f[..., 3]), 2 * math.pi)
+    return np.stack([f[..., 0] * WORLD_SIZE, f[..., 1] * WORLD_SIZE, angle], axis=-1)
+
+
+def goal_vectors(z: np.ndarray, block_pose: np.ndarray) -> np.ndarray:
+    """Latents (B, D) and block poses (B, 3) -> goal vectors (B, D + 4) float32."""
+    return np.concatenate([np.asarray(z, np.float32), pose_features(block_pose)], axis=-1)
+
+
+def block_coverage(block_pose: np.ndarray, goal_pose: np.ndarray) -> np.ndarray:
+    """Share of the goal tee covered by the block, for poses (B, 3) against goals (B, 3)."""
+    return tee_coverage_pairs(block_pose, goal_pose)
+
+
+def success(block_pose: np.ndarray, goal_pose: np.ndarray, goal: str, coverage: np.ndarray | None = None) -> np.ndarray:
+    """``fixed``: gym-pusht's coverage > 0.95; ``dataset``: LeWM's 20 px / pi/9 test. Poses (B, 3)."""
+    if goal == "fixed":
+        coverage = block_coverage(block_pose, goal_pose) if coverage is None else coverage
+        return coverage > SUCCESS_COVERAGE
+    return np.asarray(lewm_success(block_pose, goal_pose))
+
+
+@dataclass(frozen=True)
+class GoalTerms:
+    """What a batch of goal-vector pairs says: coverage, success, and root-mean-square latent distance."""
+
+    coverage: np.ndarray
+    success: np.ndarray
+    latent_distance: np.ndarray
+
+    def reward(self, reward: str) -> np.ndarray:
+        """``coverage``: gym-pusht's ``clip(coverage / 0.95, 0, 1)``; ``latent``: minus the distance;
+        ``success``: 1.0 on success, else 0.0."""
+        if reward == "latent":
+            return -self.latent_distance
+        if reward == "coverage":
+            return np.clip(self.coverage / SUCCESS_COVERAGE, 0.0, 1.0)
+        return self.success.astype(np.float64)
+
+
+def goal_terms(achieved: np.ndarray, desired: np.ndarray, goal: str, latent_dim: int) -> GoalTerms:
+    """Coverage, success and latent distance of goal vectors (B, D + 4), from nothing else."""
+    achieved, desired = np.atleast_2d(achieved), np.atleast_2d(desired)
+    difference = achieved[:, :latent_dim].astype(np.float64) - desired[:, :latent_dim]
+    block, target = features_to_pose(achieved[:, latent_dim:]), features_to_pose(desired[:, latent_dim:])
+    coverage = block_coverage(block, target)
+    return GoalTerms(coverage, success(block, target, goal, coverage), np.sqrt(np.mean(difference**2, axis=-1)))
+
+
+def goal_reward(achieved: np.ndarray, desired: np.ndarray, reward: str, goal: str, latent_dim: int) -> np.ndarray:
+    """Rewards (B,) of goal vectors (B, D + 4); see :meth:`GoalTerms.reward`."""
+    return goal_terms(achieved, desired, goal, latent_dim).reward(reward)
+
+
+def compute_reward_batch(setup: TaskSetup, achieved: Any, desired: Any) -> np.ndarray | float:
+    """``compute_reward`` for one pair of goal vectors (a float) or a batch (an array)."""
+    achieved, desired = np.asarray(achieved, np.float32), np.asarray(desired, np.float32)
+    rewards = goal_reward(achieved, desired, setup.reward, setup.goal, setup.latent_dim)
+    return float(rewards[0]) if achieved.ndim == 1 else rewards
+
+
+# ------------------------------------------------------------------ episodes
+def start_and_goal(
+    setup: TaskSetup, rng: np.random.Generator, options: dict[str, Any] | None, extra: tuple[str, ...] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """A start state (5,) and goal state (5,) (agent xy, block pose) for a new episode.
+
+    Reset options: ``bank_index`` (int) picks a bank entry; ``start`` (5 numbers) and
+    ``goal_state`` (5 numbers, ``goal="dataset"`` only) give states directly. ``extra``: option
+    names the caller handles itself (accepted here, not used).
+    Without options a bank entry is drawn from ``rng``.
+    """
+    options = dict(options or {})
+    known = ("bank_index", "start", "goal_state", *extra)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    if "bank_index" in options:
+        index = options["bank_index"]
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(setup.bank):
+            raise ValueError(f"bank_index must be an integer in [0, {len(setup.bank)}), got {index!r}")
+    else:
+        index = setup.bank.draw(rng)
+    start, goal_state = setup.bank.start[index].copy(), setup.bank.goal[index].copy()
+    if "start" in options:
+        start = _state_option("start", options["start"])
+    if "goal_state" in options:
+        if setup.goal != "dataset":
+            raise ValueError("reset option goal_state needs goal='dataset'; the fixed goal is gym-pusht's")
+        goal_state = _state_option("goal_state", options["goal_state"])
+    if setup.goal == "fixed":
+        goal_state = np.array([*FIXED_GOAL_AGENT, *GOAL_POSE])
+    return start, goal_state
+
+
+def _state_option(name: str, value: Any) -> np.ndarray:
+    state = np.asarray(value, dtype=np.float64)
+    if state.shape != (5,) or not np.all(np.isfinite(state)):
+        raise ValueError(f"reset option {name} must be 5 finite numbers (agent x, y, block x, y, angle), got {value!r}")
+    return state
+
+
+def draw_frames(states: np.ndarray, size: int) -> np.ndarray:
+    """Model input frames (B, size, size, 3) of states (B, 5), drawn as the training data was."""
+    states = np.atleast_2d(states)
+    return render_pusht(states[:, :2], states[:, 2:5], size)
+
+
+def draw_scene(state: np.ndarray, goal_state: np.ndarray, size: int) -> np.ndarray:
+    """A frame for people: the state with the episode's goal tee drawn where it is."""
+    return render_pusht(state[:2], state[2:5], size, goal_pose=goal_state[2:5])

@@ -1,0 +1,274 @@
+"""The LQ40 file: one quantized model (and its probe) in a single checked binary.
+
+Layout (docs/lq40.md has the byte-by-byte description)::
+
+    offset 0   4 bytes   magic b"LQ40"
+    offset 4   uint32    header length L (little-endian)
+    offset 8   L bytes   header: UTF-8 JSON (format_version, model config, quantization, tensor manifest,
+                         data_size, data_crc32)
+    ...        zeros     padding to the next multiple of 64
+    data_start           tensor data; each tensor at data_start + its offset (a multiple of 64)
+
+The reader checks, before it touches any tensor: magic, header length,
+JSON, format version, every manifest entry (name, dtype, shape, offset,
+byte count, alignment, bounds, overlaps), the data size and the CRC-32 of
+the data; then the values (finite float32 tensors and scales, valid ternary
+codes). Every problem is a :class:`LeWorldError` naming the file and field.
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from numba_kernels.linear import QLinear
+from numba_kernels.quant import F16_TO_F32, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK, ternary_codes_valid
+from world_models.config import ModelConfig
+from world_models.errors import LeWorldError
+
+MAGIC = b"LQ40"
+FORMAT_VERSION = 1
+ALIGN = 64
+MAX_HEADER = 16 << 20
+DTYPES = ("f32", "q4_0", "q8_0", "i8", "t2")
+SCALE_SUFFIX = ".scale"  # float32 [N] per-row scales of an i8 or t2 weight
+
+
+def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    """Stored bytes of a tensor (logical ``shape``; quantized dtypes are [N, K] matrices)."""
+    if dtype == "f32":
+        return 4 * math.prod(shape)
+    n, k = shape
+    return {
+        "q4_0": n * (k // QK) * Q4_0_BLOCK_BYTES,
+        "q8_0": n * (k // QK) * Q8_0_BLOCK_BYTES,
+        "i8": n * k,
+        "t2": n * -(-k // 4),
+    }[dtype]
+
+
+@dataclass
+class Tensor:
+    """One stored tensor: ``data`` is float32 of ``shape`` (f32) or uint8 rows [N, row bytes] (quantized)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def encode_lq40(header: Mapping[str, Any], tensors: list[Tensor]) -> bytes:
+    """The bytes of an LQ40 file: ``header`` (model, quantization, ...) plus the manifest of ``tensors``."""
+    manifest, chunks, offset = [], [], 0
+    for t in tensors:
+        raw = np.ascontiguousarray(t.data).tobytes()
+        if len(raw) != tensor_nbytes(t.dtype, t.shape):
+            raise LeWorldError(
+                f"tensor {t.name}: {len(raw)} bytes, {t.dtype} {list(t.shape)} needs {tensor_nbytes(t.dtype, t.shape)}"
+            )
+        manifest.append(
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "offset": offset, "nbytes": len(raw)}
+        )
+        chunks.append(raw + bytes(_align(len(raw)) - len(raw)))
+        offset += _align(len(raw))
+    data = b"".join(chunks)
+    full = {
+        **header,
+        "format": "lq40",
+        "format_version": FORMAT_VERSION,
+        "alignment": ALIGN,
+        "tensors": manifest,
+        "data_size": len(data),
+        "data_crc32": zlib.crc32(data),
+    }
+    head = json.dumps(full, separators=(",", ":")).encode()
+    start = _align(8 + len(head))
+    return MAGIC + struct.pack("<I", len(head)) + head + bytes(start - 8 - len(head)) + data
+
+
+def write_lq40(path: Path, header: Mapping[str, Any], tensors: list[Tensor]) -> int:
+    """Write an LQ40 file atomically; returns its size in bytes."""
+    from world_models.files import atomic_write_bytes
+
+    blob = encode_lq40(header, tensors)
+    atomic_write_bytes(Path(path), blob)
+    return len(blob)
+
+
+def _field(entry: dict, key: str, kind: type, where: str) -> Any:
+    value = entry.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise LeWorldError(f"{where}: field {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_lq40(blob: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Check an LQ40 file's bytes and return (header, tensors by name). Nothing is trusted before it is checked."""
+    size = len(blob)
+    if size < 8 or blob[:4] != MAGIC:
+        raise LeWorldError(f"{source}: not an LQ40 file (the first 4 bytes must be {MAGIC!r}, got {blob[:4]!r})")
+    (head_len,) = struct.unpack_from("<I", blob, 4)
+    if head_len > min(size - 8, MAX_HEADER):
+        raise LeWorldError(f"{source}: header length {head_len} runs past the end of the file ({size} bytes)")
+    try:
+        header = json.loads(blob[8 : 8 + head_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LeWorldError(f"{source}: the header is not UTF-8 JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise LeWorldError(f"{source}: the header must be a JSON object")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise LeWorldError(
+            f"{source}: format_version {header.get('format_version')!r} is not supported "
+            f"(this reader reads {FORMAT_VERSION})"
+        )
+    if header.get("alignment") != ALIGN:
+        raise LeWorldError(f"{source}: alignment must be {ALIGN}, got {header.get('alignment')!r}")
+    start = _align(8 + head_len)
+    data_size = _field(header, "data_size", int, source)
+    if start + data_size != size:
+        raise LeWorldError(
+            f"{source}: data_size {data_size} does not match the file: {size} bytes with data at "
+            f"{start} leaves {size - start}"
+        )
+    data = memoryview(blob)[start:]
+    if zlib.crc32(data) != header.get("data_crc32"):
+        raise LeWorldError(
+            f"{source}: checksum mismatch: the tensor data is corrupted (CRC-32 "
+            f"{zlib.crc32(data)} != header data_crc32 {header.get('data_crc32')!r})"
+        )
+    manifest = header.get("tensors")
+    if not isinstance(manifest, list):
+        raise LeWorldError(f"{source}: field 'tensors' must be a list")
+    tensors: dict[str, Tensor] = {}
+    end = 0
+    for i, entry in enumerate(manifest):
+        where = f"{source}: tensors[{i}]"
+        if not isinstance(entry, dict):
+            raise LeWorldError(f"{where} must be an object")
+        name = _field(entry, "name", str, where)
+        where = f"{source}: tensor {name!r}"
+        dtype = _field(entry, "dtype", str, where)
+        if dtype not in DTYPES:
+            raise LeWorldError(f"{where}: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        shape = _field(entry, "shape", list, where)
+        if not (1 <= len(shape) <= 4) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
+        ):
+            raise LeWorldError(f"{where}: shape {shape!r} must be 1 to 4 positive integers")
+        if dtype != "f32" and (len(shape) != 2 or (dtype in ("q4_0", "q8_0") and shape[1] % QK)):
+            raise LeWorldError(
+                f"{where}: a {dtype} tensor must be [N, K]"
+                f"{' with K a multiple of 32' if dtype in ('q4_0', 'q8_0') else ''}, got {shape}"
+            )
+        offset = _field(entry, "offset", int, where)
+        nbytes = _field(entry, "nbytes", int, where)
+        if nbytes != tensor_nbytes(dtype, tuple(shape)):
+            raise LeWorldError(
+                f"{where}: nbytes {nbytes} does not fit {dtype} {shape} ({tensor_nbytes(dtype, tuple(shape))} bytes)"
+            )
+        if offset % ALIGN or offset < end or offset + nbytes > data_size:
+            raise LeWorldError(
+                f"{where}: offset {offset} (+{nbytes} bytes) is misaligned, overlaps the previous "
+                f"tensor or runs past the data ({data_size} bytes)"
+            )
+        if name in tensors:
+            raise LeWorldError(f"{where}: appears twice")
+        end = offset + nbytes
+        raw = np.frombuffer(data[offset:end], dtype=np.uint8).copy()
+        if dtype == "f32":
+            array = raw.view(np.float32).reshape(shape)
+            if not np.all(np.isfinite(array)):
+                raise LeWorldError(f"{where}: holds NaN or inf")
+        else:
+            array = raw.reshape(shape[0], -1)
+            _check_codes(array, dtype, where)
+        tensors[name] = Tensor(name, dtype, tuple(shape), array)
+    return header, tensors
+
+
+def _check_codes(rows: np.ndarray, dtype: str, where: str) -> None:
+    if dtype in ("q4_0", "q8_0"):
+        width = Q4_0_BLOCK_BYTES if dtype == "q4_0" else Q8_0_BLOCK_BYTES
+        blocks = rows.reshape(-1, width)
+        scales = F16_TO_F32[blocks[:, 0].astype(np.int64) | (blocks[:, 1].astype(np.int64) << 8)]
+        if not np.all(np.isfinite(scales)):
+            raise LeWorldError(f"{where}: a block scale is NaN or inf")
+    elif dtype == "t2" and not ternary_codes_valid(rows):
+        raise LeWorldError(f"{where}: holds the invalid ternary code 3")
+
+
+def read_lq40(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Read and check an LQ40 file; see :func:`parse_lq40`."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise LeWorldError(f"{path}: cannot read ({err.strerror or err})") from None
+    return parse_lq40(blob, str(path))
+
+
+def layers_from_tensors(
+    tensors: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, int]], source: str
+) -> dict[str, QLinear]:
+    """Build a :class:`QLinear` for every linear prefix in ``shapes`` from stored tensors."""
+    layers = {}
+    for prefix, (n, k) in shapes.items():
+        weight, bias = tensors.get(f"{prefix}.weight"), tensors.get(f"{prefix}.bias")
+        if weight is None or bias is None:
+            raise LeWorldError(f"{source}: missing tensor {prefix}.{'weight' if weight is None else 'bias'}")
+        if weight.shape != (n, k) or bias.shape != (n,) or bias.dtype != "f32":
+            raise LeWorldError(
+                f"{source}: layer {prefix} is stored as {weight.dtype} {list(weight.shape)} with bias "
+                f"{list(bias.shape)}; the model config needs [{n}, {k}] and [{n}] (f32)"
+            )
+        scale = tensors.get(prefix + ".weight" + SCALE_SUFFIX)
+        if weight.dtype in ("i8", "t2") and (scale is None or scale.shape != (n,) or scale.dtype != "f32"):
+            raise LeWorldError(
+                f"{source}: layer {prefix} ({weight.dtype}) needs an f32 [{n}] tensor {prefix}.weight{SCALE_SUFFIX}"
+            )
+        try:
+            if weight.dtype == "f32":
+                layers[prefix] = QLinear("f32", k, n, bias.data, weight=weight.data)
+            else:
+                s = scale.data if scale is not None else np.zeros(0, np.float32)
+                layers[prefix] = QLinear(weight.dtype, k, n, bias.data, data=weight.data, scale=s)
+        except ValueError as err:
+            raise LeWorldError(f"{source}: layer {prefix}: {err}") from None
+    return layers
+
+
+def read_model(path: Path) -> tuple[ModelConfig, dict[str, QLinear], dict[str, np.ndarray], dict[str, Any]]:
+    """An LQ40 model: (config, linear layers, other float32 tensors, header)."""
+    from world_models.backends.numba_engine import linear_shapes, other_shapes
+
+    header, tensors = read_lq40(path)
+    if not isinstance(header.get("model"), dict):
+        raise LeWorldError(f"{path}: header field 'model' (the model config) must be an object")
+    try:
+        cfg = ModelConfig.from_dict(header["model"])
+    except LeWorldError as err:
+        raise LeWorldError(f"{path}: {err}") from None
+    probe = tensors.get("probe.net.0.weight")
+    probe_hidden = probe.shape[0] if probe is not None else None
+    layers = layers_from_tensors(tensors, linear_shapes(cfg, probe_hidden), str(path))
+    wanted = other_shapes(cfg, probe_hidden is not None)
+    others = {}
+    for name in wanted:
+        t = tensors.get(name)
+        if t is None or t.dtype != "f32":
+            raise LeWorldError(f"{path}: missing f32 tensor {name}")
+        others[name] = t.data
+    return cfg, layers, others, header
