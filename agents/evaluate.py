@@ -163,8 +163,8 @@ def evaluate(
     environment = make_eval_env(env, spec, model, backend, **render)
     setup = environment.unwrapped.setup
     options = episode_options(spec, seed, episodes, len(setup.bank))
-    latent_dim = setup.latent_dim
-    results, decision_seconds = [], []
+    results: list[EpisodeResult] = []
+    decision_seconds: list[float] = []
     iterator = range(episodes)
     if progress:
         from tqdm import tqdm
@@ -172,51 +172,68 @@ def evaluate(
         iterator = tqdm(iterator, desc=f"{agent_name} on {env} ({protocol})", unit="episode")
     try:
         for i in iterator:
-            obs, info = environment.reset(seed=seed + i, options=options[i])
-            start, goal_state = info["state"].tolist(), info["goal_state"].tolist()
-            coverages, episode_start, success, steps = [info["coverage"]], True, bool(info["is_success"]), 0
-            if frames is not None and i == 0:
-                frames.append(environment.render())
-            done = False
-            while not done:
-                began = time.perf_counter()
-                action, _ = agent.predict(obs, episode_start=np.array([episode_start]), deterministic=True)
-                decision_seconds.append(time.perf_counter() - began)
-                episode_start = False
-                obs, _, terminated, truncated, info = environment.step(action)
-                steps += 1
-                coverages.append(info["coverage"])
-                success = success or bool(info["is_success"])
-                done = terminated or truncated
-                if frames is not None and i == 0:
-                    frames.append(environment.render())
-            block, target = np.asarray(info["state"])[2:5], np.asarray(info["goal_state"])[2:5]
-            latent = obs["achieved_goal"][:latent_dim] - obs["desired_goal"][:latent_dim]
-            results.append(
-                EpisodeResult(
-                    index=i,
-                    success=success,
-                    steps=steps,
-                    final_coverage=float(coverages[-1]),
-                    max_coverage=float(max(coverages)),
-                    final_position_error=float(np.linalg.norm(block[:2] - target[:2])),
-                    final_angle_error=float(angle_difference(block[2], target[2])),
-                    final_latent_distance=float(np.sqrt(np.mean(latent.astype(np.float64) ** 2))),
-                    start=start,
-                    goal=goal_state,
-                )
-            )
+            record = frames if i == 0 else None
+            results.append(run_episode(environment, agent, i, seed + i, options[i], record, decision_seconds))
     finally:
         environment.close()
+    settings = {"agent": agent_name, "env": env, "protocol": protocol, "seed": seed, "model": str(model)}
+    return summarize(results, decision_seconds, backend=setup.world_model.backend, **settings)
+
+
+def run_episode(
+    environment: gym.Env,
+    agent: Any,
+    index: int,
+    seed: int,
+    options: dict[str, Any],
+    frames: list[np.ndarray] | None,
+    decision_seconds: list[float],
+) -> EpisodeResult:
+    """One episode until the env ends it; appends each decision's wall time to ``decision_seconds``
+    and, when ``frames`` is a list, every rendered frame to it."""
+    latent_dim = environment.unwrapped.setup.latent_dim
+    obs, info = environment.reset(seed=seed, options=options)
+    start, goal_state = info["state"].tolist(), info["goal_state"].tolist()
+    coverages, episode_start, success, steps = [info["coverage"]], True, bool(info["is_success"]), 0
+    if frames is not None:
+        frames.append(environment.render())
+    done = False
+    while not done:
+        began = time.perf_counter()
+        action, _ = agent.predict(obs, episode_start=np.array([episode_start]), deterministic=True)
+        decision_seconds.append(time.perf_counter() - began)
+        episode_start = False
+        obs, _, terminated, truncated, info = environment.step(action)
+        steps += 1
+        coverages.append(info["coverage"])
+        success = success or bool(info["is_success"])
+        done = terminated or truncated
+        if frames is not None:
+            frames.append(environment.render())
+    block, target = np.asarray(info["state"])[2:5], np.asarray(info["goal_state"])[2:5]
+    latent = obs["achieved_goal"][:latent_dim] - obs["desired_goal"][:latent_dim]
+    return EpisodeResult(
+        index=index,
+        success=success,
+        steps=steps,
+        final_coverage=float(coverages[-1]),
+        max_coverage=float(max(coverages)),
+        final_position_error=float(np.linalg.norm(block[:2] - target[:2])),
+        final_angle_error=float(angle_difference(block[2], target[2])),
+        final_latent_distance=float(np.sqrt(np.mean(latent.astype(np.float64) ** 2))),
+        start=start,
+        goal=goal_state,
+    )
+
+
+def summarize(results: list[EpisodeResult], decision_seconds: list[float], **settings: Any) -> EvaluationResult:
+    """The run's summary over its episodes; ``settings`` are the run's agent, env, protocol, seed,
+    model and backend."""
+    episodes = len(results)
     wins = sum(r.success for r in results)
     return EvaluationResult(
-        agent=agent_name,
-        env=env,
-        protocol=protocol,
+        **settings,
         episodes=episodes,
-        seed=seed,
-        model=str(model),
-        backend=setup.world_model.backend,
         success_rate=wins / episodes,
         success_interval=wilson_interval(wins, episodes),
         mean_final_coverage=float(np.mean([r.final_coverage for r in results])),

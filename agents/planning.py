@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from world_models.errors import ArgumentError
 from world_models.interface import WorldModel
+from world_models.pose import POSE_FEATURES, features_to_pose
 
 PLANNERS = ("cem", "icem", "mppi")
 
@@ -61,11 +63,11 @@ class LatentPlanner:
     ) -> None:
         for field, value in (("horizon", horizon), ("samples", samples), ("iterations", iterations)):
             if int(value) < 1:
-                raise ValueError(f"{field} must be >= 1, got {value}")
+                raise ArgumentError(f"{field} must be >= 1, got {value}")
         if int(action_repeat) < 1:
-            raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+            raise ArgumentError(f"action_repeat must be >= 1, got {action_repeat}")
         if state_cost_weight < 0:
-            raise ValueError(f"state_cost_weight must be >= 0, got {state_cost_weight}")
+            raise ArgumentError(f"state_cost_weight must be >= 0, got {state_cost_weight}")
         self.world_model = world_model
         self.config = world_model.config
         self.horizon = int(horizon)
@@ -99,7 +101,7 @@ class LatentPlanner:
         desired = np.atleast_2d(np.asarray(observation["desired_goal"], np.float32))
         d = self.config.latent_dim
         if achieved.shape[1] < d or desired.shape != achieved.shape:
-            raise ValueError(
+            raise ArgumentError(
                 f"expected achieved_goal and desired_goal of width >= {d} (latent first), "
                 f"got {achieved.shape} and {desired.shape}"
             )
@@ -129,7 +131,7 @@ class LatentPlanner:
             "z": np.repeat(z[None], h, axis=0),
             "a": np.zeros((h, a), np.float32),
             "goal": goal.copy(),
-            "goal_pose": _pose_from_features(goal_pose) if goal_pose.size == 4 else None,
+            "goal_pose": features_to_pose(goal_pose) if goal_pose.size == POSE_FEATURES else None,
             "warm": np.zeros((self.horizon, a), np.float32),
             "extra": {},
         }
@@ -154,8 +156,12 @@ class LatentPlanner:
         return cost
 
     def _sample(self, mean: np.ndarray, std: np.ndarray, count: int) -> np.ndarray:
+        """``count`` Gaussian candidates around ``mean``, clipped to the action box; the first is
+        ``mean`` itself, so the current plan always competes."""
         noise = self.rng.standard_normal((count, *mean.shape)).astype(np.float32)
-        return np.clip(mean + std * noise, -1.0, 1.0)
+        candidates = np.clip(mean + std * noise, -1.0, 1.0)
+        candidates[0] = mean
+        return candidates
 
     def _plan(self, env: dict[str, Any]) -> np.ndarray:
         raise NotImplementedError
@@ -165,11 +171,6 @@ class LatentPlanner:
             f"{type(self).__name__}(horizon={self.horizon}, samples={self.samples}, "
             f"iterations={self.iterations}, backend={self.world_model.backend!r})"
         )
-
-
-def _pose_from_features(features: np.ndarray) -> np.ndarray:
-    f = features.astype(np.float64)
-    return np.array([f[0] * 512.0, f[1] * 512.0, np.remainder(np.arctan2(f[2], f[3]), 2 * np.pi)])
 
 
 class CEMPlanner(LatentPlanner):
@@ -184,7 +185,7 @@ class CEMPlanner(LatentPlanner):
     def __init__(self, world_model: WorldModel, topk: int = 30, init_std: float = 1.0, **kwargs: Any) -> None:
         super().__init__(world_model, **kwargs)
         if not 1 <= topk <= self.samples:
-            raise ValueError(f"topk must be in [1, samples={self.samples}], got {topk}")
+            raise ArgumentError(f"topk must be in [1, samples={self.samples}], got {topk}")
         self.topk = topk
         self.init_std = init_std
 
@@ -193,7 +194,6 @@ class CEMPlanner(LatentPlanner):
         std = np.full_like(mean, self.init_std)
         for _ in range(self.iterations):
             candidates = self._sample(mean, std, self.samples)
-            candidates[0] = mean  # the current mean always competes
             elites = candidates[np.argsort(self.costs(env, candidates))[: self.topk]]
             mean, std = elites.mean(axis=0), elites.std(axis=0) + 1e-3
         return mean
@@ -214,13 +214,13 @@ def colored_noise(exponent: float, count: int, horizon: int, action_dim: int, rn
     return np.transpose(signal, (0, 2, 1)).astype(np.float32)
 
 
-class ICEMPlanner(LatentPlanner):
+class ICEMPlanner(CEMPlanner):
     """iCEM (Pinneri et al., 2020): CEM with colored noise, a shrinking population, elites kept
     between iterations and decisions, and momentum on the Gaussian.
 
     Defaults: 300 samples decaying by ``population_decay`` per iteration, 10 iterations, the best
-    30 refit, noise exponent 2, 30 % of the elites kept, momentum 0.1. The executed action is the
-    first of the best sequence seen.
+    30 refit (``topk``, as CEM), noise exponent 2, 30 % of the elites kept, momentum 0.1. The
+    executed action is the first of the best sequence seen.
     """
 
     name = "icem"
@@ -229,8 +229,6 @@ class ICEMPlanner(LatentPlanner):
         self,
         world_model: WorldModel,
         iterations: int = 10,
-        topk: int = 30,
-        init_std: float = 1.0,
         noise_exponent: float = 2.0,
         population_decay: float = 1.25,
         keep_elites: float = 0.3,
@@ -238,10 +236,8 @@ class ICEMPlanner(LatentPlanner):
         **kwargs: Any,
     ) -> None:
         super().__init__(world_model, iterations=iterations, **kwargs)
-        if not 1 <= topk <= self.samples:
-            raise ValueError(f"topk must be in [1, samples={self.samples}], got {topk}")
-        self.topk, self.init_std, self.noise_exponent = topk, init_std, noise_exponent
-        self.population_decay, self.keep_elites, self.momentum = population_decay, keep_elites, momentum
+        self.noise_exponent, self.population_decay = noise_exponent, population_decay
+        self.keep_elites, self.momentum = keep_elites, momentum
 
     def _plan(self, env: dict[str, Any]) -> np.ndarray:
         mean = env["warm"].copy()
@@ -290,7 +286,7 @@ class MPPIPlanner(LatentPlanner):
     ) -> None:
         super().__init__(world_model, iterations=iterations, **kwargs)
         if not temperature > 0 or not noise_std > 0:
-            raise ValueError(f"temperature and noise_std must be > 0, got {temperature}, {noise_std}")
+            raise ArgumentError(f"temperature and noise_std must be > 0, got {temperature}, {noise_std}")
         self.noise_std, self.temperature = noise_std, temperature
 
     def _plan(self, env: dict[str, Any]) -> np.ndarray:
@@ -298,7 +294,6 @@ class MPPIPlanner(LatentPlanner):
         std = np.full_like(nominal, self.noise_std)
         for _ in range(self.iterations):
             candidates = self._sample(nominal, std, self.samples)
-            candidates[0] = nominal
             cost = self.costs(env, candidates)
             spread = cost.max() - cost.min()
             weights = np.exp(-(cost - cost.min()) / (self.temperature * (spread if spread > 0 else 1.0)))
@@ -337,5 +332,5 @@ def make_planner(name: str, world_model: WorldModel, **kwargs: Any) -> LatentPla
     """A planner by name (``cem``, ``icem``, ``mppi``) with its defaults, overridden by ``kwargs``."""
     classes = {"cem": CEMPlanner, "icem": ICEMPlanner, "mppi": MPPIPlanner}
     if name not in classes:
-        raise ValueError(f"unknown planner {name!r}; choose one of: {', '.join(PLANNERS)}")
+        raise ArgumentError(f"unknown planner {name!r}; choose one of: {', '.join(PLANNERS)}")
     return classes[name](world_model, **kwargs)

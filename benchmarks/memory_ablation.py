@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from world_models.data.latents import encode_dataset, load_latents, save_latents
+from world_models.data.latents import load_latents, save_latents
 from world_models.files import atomic_write_bytes
 from world_models.memory.evaluate import hard_soft_gap, open_loop_error
 from world_models.memory.model import ABLATIONS, count_parameters
-from world_models.memory.runtime import load_leworld
+from world_models.memory.runtime import encode_dataset, load_leworld
 from world_models.memory.train import MemoryTrainConfig, train_baseline, train_leworld
 
 HORIZONS = (1, 5, 10)

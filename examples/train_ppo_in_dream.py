@@ -12,7 +12,7 @@ on real physics during training.
 from stable_baselines3 import PPO
 
 from agents.evaluate import evaluate
-from leworld_env.envs.sb3 import LeWorldSB3VecEnv
+from leworld_env.sb3 import LeWorldSB3VecEnv
 
 dream = LeWorldSB3VecEnv(num_envs=64, goal="dataset", reward="coverage", max_episode_steps=10)
 dream.seed(0)

@@ -14,7 +14,7 @@ Importing this package registers (Gymnasium 1.x loads no plugin entry points)::
 
 import gymnasium as gym
 
-from leworld_env.envs.task import DEFAULT_EPISODE_STEPS
+from leworld_env.envs.settings import DEFAULT_EPISODE_STEPS
 from leworld_env.sim.pusht_sim import HiddenPhysics, PushTSim, PushTState, lewm_success, sample_hidden_physics
 
 DREAM_ID = "LeWorld-PushT-v0"

@@ -65,6 +65,20 @@ def _rect_signed_distance(u: float, v: float, x0: float, x1: float, y0: float, y
 
 
 @njit(cache=True)
+def _near(x: float, y: float, px: float, py: float, reach: float) -> bool:
+    """Whether world point (x, y) is within ``reach`` of (px, py)."""
+    dx, dy = x - px, y - py
+    return dx * dx + dy * dy <= reach * reach
+
+
+@njit(cache=True)
+def _body_coordinates(x: float, y: float, px: float, py: float, cos: float, sin: float) -> tuple[float, float]:
+    """World point (x, y) in the coordinates of a body at (px, py) turned by (cos, sin) (inverse rotation)."""
+    dx, dy = x - px, y - py
+    return cos * dx + sin * dy, -sin * dx + cos * dy
+
+
+@njit(cache=True)
 def _sample_color(
     x: float,
     y: float,
@@ -90,11 +104,8 @@ def _sample_color(
     color = _BG
     edge = 1e9
     if draw_goal:
-        dx, dy = x - goal_x, y - goal_y
-        if dx * dx + dy * dy <= reach * reach:
-            # World -> goal body coordinates (inverse rotation).
-            u = goal_cos * dx + goal_sin * dy
-            v = -goal_sin * dx + goal_cos * dy
+        if _near(x, y, goal_x, goal_y, reach):
+            u, v = _body_coordinates(x, y, goal_x, goal_y, goal_cos, goal_sin)
             for r in range(2):
                 d = _rect_signed_distance(u, v, rects[r, 0], rects[r, 1], rects[r, 2], rects[r, 3])
                 edge = min(edge, abs(d))
@@ -112,10 +123,8 @@ def _sample_color(
         edge = min(edge, abs(d - AGENT_RADIUS), abs(d - AGENT_RADIUS + 4.0))
         if d <= AGENT_RADIUS:
             color = _AGENT_LIGHT if d <= AGENT_RADIUS - 4.0 else _AGENT
-    dx, dy = x - block_x, y - block_y
-    if dx * dx + dy * dy <= reach * reach:
-        u = block_cos * dx + block_sin * dy
-        v = -block_sin * dx + block_cos * dy
+    if _near(x, y, block_x, block_y, reach):
+        u, v = _body_coordinates(x, y, block_x, block_y, block_cos, block_sin)
         for r in range(2):
             d = _rect_signed_distance(u, v, rects[r, 0], rects[r, 1], rects[r, 2], rects[r, 3])
             edge = min(edge, abs(abs(d) - OUTLINE_RADIUS))

@@ -63,12 +63,18 @@ def _q4_0_scales(blocks: np.ndarray, d: np.ndarray) -> None:
         d[b] = blocks[b, best] / np.float32(-8.0)
 
 
+@njit(cache=True, inline="always")
+def _write_scale(block: np.ndarray, d: np.float32, d16: np.uint16) -> np.float32:
+    """Store a block's float16 scale in its first two bytes (little-endian); return 1 / scale (0 for 0)."""
+    block[0] = d16 & 0xFF
+    block[1] = d16 >> 8
+    return np.float32(0.0) if d == 0 else np.float32(1.0) / d
+
+
 @njit(cache=True, parallel=True)
 def _q4_0_pack(blocks: np.ndarray, d: np.ndarray, d16: np.ndarray, out: np.ndarray) -> None:
     for b in prange(blocks.shape[0]):
-        inv = np.float32(0.0) if d[b] == 0 else np.float32(1.0) / d[b]
-        out[b, 0] = d16[b] & 0xFF
-        out[b, 1] = d16[b] >> 8
+        inv = _write_scale(out[b], d[b], d16[b])
         for j in range(QK // 2):
             lo = min(int(blocks[b, j] * inv + np.float32(8.5)), 15)
             hi = min(int(blocks[b, j + QK // 2] * inv + np.float32(8.5)), 15)
@@ -111,9 +117,7 @@ def dequantize_q4_0(data: np.ndarray, k: int) -> np.ndarray:
 @njit(cache=True, parallel=True)
 def _q8_0_pack(blocks: np.ndarray, d: np.ndarray, d16: np.ndarray, out: np.ndarray) -> None:
     for b in prange(blocks.shape[0]):
-        inv = np.float32(0.0) if d[b] == 0 else np.float32(1.0) / d[b]
-        out[b, 0] = d16[b] & 0xFF
-        out[b, 1] = d16[b] >> 8
+        inv = _write_scale(out[b], d[b], d16[b])
         for j in range(QK):
             x = blocks[b, j] * inv
             a = abs(x)

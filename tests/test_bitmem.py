@@ -82,14 +82,19 @@ def test_unpack_matches_explicit_loop():
     np.testing.assert_array_equal(bitmem.unpack_bits(words[:, ::2]), bitmem.unpack_bits(words[:, ::2].copy()))
 
 
+def addresses(rng: np.random.Generator, high: int, *edges: int) -> np.ndarray:
+    """Six random start addresses below ``high``, the first ones replaced by the edge cases ``edges``."""
+    start = rng.integers(0, high, size=6)
+    start[: len(edges)] = edges
+    return start
+
+
 # ---------------------------------------------------------------- words
 def test_read_words_matches_slicing_including_the_last_word():
     rng = np.random.default_rng(3)
     mem = random_memory(rng, 6)
     length = 7
-    start = rng.integers(0, WORDS - length + 1, size=6)
-    start[0] = 0
-    start[1] = WORDS - length  # ends on the very last word
+    start = addresses(rng, WORDS - length + 1, 0, WORDS - length)  # the last one ends on the very last word
     got = bitmem.read_words(mem, start, length)
     assert got.dtype == np.uint32
     assert got.shape == (6, length)
@@ -142,11 +147,8 @@ def test_read_bits_matches_reference_across_word_boundaries():
     rng = np.random.default_rng(5)
     mem = random_memory(rng, 6)
     nbits = 77
-    addr = rng.integers(0, MEMORY_BITS - nbits + 1, size=6)
-    addr[0] = 0
-    addr[1] = 31  # starts on the last bit of a word
-    addr[2] = 32 * 100 + 17  # spans three words
-    addr[3] = MEMORY_BITS - nbits  # ends on the very last bit
+    # from bit 0; from the last bit of a word; across three words; ending on the very last bit
+    addr = addresses(rng, MEMORY_BITS - nbits + 1, 0, 31, 32 * 100 + 17, MEMORY_BITS - nbits)
     got = bitmem.read_bits(mem, addr, nbits)
     assert got.dtype == np.uint8
     assert got.shape == (6, nbits)

@@ -35,7 +35,7 @@ from world_models.backends.devices.protocol import (
 )
 from world_models.errors import LeWorldError
 from world_models.interface import WorldModel
-from world_models.runtime import resolve_lq40
+from world_models.locate import resolve_lq40
 
 MODEL = "pusht-tiny"
 LQ40 = resolve_lq40(MODEL)
@@ -86,6 +86,14 @@ def _episode(env: gym.Env, seed: int, steps: int) -> list[dict[str, np.ndarray]]
     return trace
 
 
+def _closed_episode(env: gym.Env, seed: int, steps: int) -> list[dict[str, np.ndarray]]:
+    """:func:`_episode`, then close the env."""
+    try:
+        return _episode(env, seed, steps)
+    finally:
+        env.close()
+
+
 # ---------------------------------------------------------------------- ESP32: env, planners, socket://
 def test_env_episode_on_the_esp32_emulator_matches_numba_q4(esp32_pty):
     env = gym.make("LeWorld-PushT-v0", backend="esp32", port=esp32_pty.path)
@@ -98,11 +106,7 @@ def test_env_episode_on_the_esp32_emulator_matches_numba_q4(esp32_pty):
     finally:
         wm.close()
         env.close()
-    local = gym.make("LeWorld-PushT-v0", backend="numba-q4")
-    try:
-        local_trace = _episode(local, seed=5, steps=30)
-    finally:
-        local.close()
+    local_trace = _closed_episode(gym.make("LeWorld-PushT-v0", backend="numba-q4"), seed=5, steps=30)
     assert len(device_trace) == len(local_trace) > 10
     for ours, theirs in zip(device_trace, local_trace, strict=True):
         for key in ours:
@@ -242,11 +246,7 @@ def test_env_episode_on_the_fpga_emulator_is_its_fixed_point_reference_exactly(r
             wm.close()
             env.close()
     fixed = FixedPointReference(LQ40)
-    local = gym.make("LeWorld-PushT-v0", model=fixed)
-    try:
-        local_trace = _episode(local, seed=7, steps=30)
-    finally:
-        local.close()
+    local_trace = _closed_episode(gym.make("LeWorld-PushT-v0", model=fixed), seed=7, steps=30)
     assert len(device_trace) == len(local_trace) > 10
     for ours, theirs in zip(device_trace, local_trace, strict=True):
         for key in ours:

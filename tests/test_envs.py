@@ -15,10 +15,11 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import leworld_env
 from leworld_env.envs.pusht import LeWorldPushTEnv, LeWorldPushTRealEnv
 from leworld_env.envs.starts import STARTS_FILE, load_start_bank
-from leworld_env.envs.task import FIXED_GOAL_AGENT, features_to_pose, pose_features
+from leworld_env.envs.task import FIXED_GOAL_AGENT
 from leworld_env.sim.pusht_sim import PushTSim
 from numba_kernels.pusht_raster import GOAL_POSE
 from world_models.errors import LeWorldError
+from world_models.pose import features_to_pose, pose_features
 
 DREAM, REAL = leworld_env.DREAM_ID, leworld_env.REAL_ID
 

@@ -22,7 +22,7 @@ from numba_kernels.nn_ops import attention
 from numba_kernels.quant import F16_TO_F32, quantize_q4_0
 from world_models.backends.devices.fixed_point import FixedPointPredictor
 from world_models.errors import LeWorldError
-from world_models.runtime import SHIPPED_DIR, resolve_lq40
+from world_models.locate import SHIPPED_DIR, resolve_lq40
 
 F = 16
 rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from world_models.data.latents import LatentEpisodes, encode_dataset
+from world_models.data.latents import LatentEpisodes
 from world_models.errors import LeWorldError
 from world_models.memory.model import (
     ABLATIONS,
@@ -22,6 +22,7 @@ from world_models.memory.model import (
     init_weights,
     memory_preset,
 )
+from world_models.memory.runtime import encode_dataset
 from world_models.memory.train import (
     MemoryTrainConfig,
     dynamics_transitions,

@@ -17,7 +17,7 @@ import pytest
 import world_models
 from leworld_env.sim.collect import CollectConfig, collect
 from world_models.evaluate import open_loop_errors, probe_r2
-from world_models.runtime import DEFAULT_MODEL, SHIPPED_DIR
+from world_models.locate import DEFAULT_MODEL, SHIPPED_DIR
 
 R2_POSITION_MIN = 0.8  # agent and block x, y
 

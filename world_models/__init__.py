@@ -2,7 +2,8 @@
 
 ``world_models.load(name_or_path, backend="torch")`` returns an object with the
 runtime interface (``encode``, ``predict``, ``rollout``, ``probe``, ``config``);
-see :mod:`world_models.runtime`. The torch-based names load lazily, so data
+see :mod:`world_models.runtime`; :mod:`world_models.locate` finds models by name
+(``DEFAULT_MODEL``, ``shipped_models``). The torch-based names load lazily, so data
 tools (``leworld collect``) start without importing torch.
 """
 
@@ -18,11 +19,11 @@ _LAZY = {
     "PRESETS": "world_models.config",
     "ModelConfig": "world_models.config",
     "preset": "world_models.config",
-    "DEFAULT_MODEL": "world_models.runtime",
+    "DEFAULT_MODEL": "world_models.locate",
     "TorchWorldModel": "world_models.backends.torch_backend",
     "WorldModel": "world_models.interface",
     "load": "world_models.runtime",
-    "shipped_models": "world_models.runtime",
+    "shipped_models": "world_models.locate",
 }
 
 __all__ = ["ClipBatch", "DatasetError", "LeWorldError", "PushTClips", "load_dataset_info", *_LAZY]

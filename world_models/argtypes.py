@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def whole_number(text: str, minimum: int) -> int:
@@ -23,3 +27,19 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """A whole number >= 0."""
     return whole_number(text, 0)
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
+    """Build the settings dataclass ``cls`` from parsed command-line arguments.
+
+    Each field takes its value from ``given`` if named there, else from the argument of the same
+    name, else keeps its default: a sub-command spells out only the fields whose option has another
+    name or meaning (``progress=not args.quiet``).
+    """
+    values = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.name in given:
+            values[field.name] = given[field.name]
+        elif hasattr(args, field.name):
+            values[field.name] = getattr(args, field.name)
+    return cls(**values)

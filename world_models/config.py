@@ -10,14 +10,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from world_models.errors import LeWorldError
+from world_models.errors import ArgumentError, LeWorldError
 
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+DEFAULT_IMAGE_SIZE = 64  # the default preset's frames; what `leworld collect` writes unless told
+MIN_IMAGE_SIZE = 8  # the smallest frame the PushT renderer draws
+
+
+def check_image_size(size: Any, name: str = "image_size") -> int:
+    """The one rule for a frame side: a whole number of pixels, at least :data:`MIN_IMAGE_SIZE`.
+
+    Raises:
+        ArgumentError: naming ``name``, the value and the rule.
+    """
+    try:
+        value = operator.index(size) if not isinstance(size, bool) else None
+    except TypeError:
+        value = None
+    if value is None:
+        raise ArgumentError(f"{name} must be a whole number of pixels, got {size!r}")
+    if value < MIN_IMAGE_SIZE:
+        raise ArgumentError(
+            f"{name} {value} is below the {MIN_IMAGE_SIZE} px the renderer draws "
+            f"(the default preset uses {DEFAULT_IMAGE_SIZE})"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -42,7 +65,7 @@ class ModelConfig:
         sigreg_knots: integration points of the Epps-Pulley statistic on [0, 3].
     """
 
-    image_size: int = 64
+    image_size: int = DEFAULT_IMAGE_SIZE
     patch_size: int = 16
     encoder_dim: int = 96
     encoder_depth: int = 4

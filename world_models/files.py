@@ -1,10 +1,14 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one. No torch here."""
+"""Files: atomic writes (readers see the old file or the new one, never half of one) and the checked
+safetensors reader. No torch here (the reader imports it only when asked for torch tensors)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from world_models.errors import LeWorldError
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -44,3 +48,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_safetensors(path: Path, framework: str = "np") -> dict[str, Any]:
+    """Every tensor of a safetensors file, as ``framework``'s arrays (``"np"``: numpy, ``"pt"``: torch).
+
+    Raises:
+        LeWorldError: naming the file, when it is missing or not a readable safetensors file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise LeWorldError(f"{path}: missing")
+    try:
+        with safe_open(path, framework=framework) as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise LeWorldError(f"{path}: not a readable safetensors file ({err})") from None

@@ -21,27 +21,20 @@ from typing import Any
 import numpy as np
 
 from world_models.config import ModelConfig
-from world_models.errors import LeWorldError
-
-WORLD = 512.0  # probe targets are positions / WORLD
-
-
-def targets_to_state(targets: np.ndarray) -> np.ndarray:
-    """(..., 6) probe outputs (positions / 512, sin, cos) -> (..., 5) agent xy, block xy (px), angle in [0, 2 pi)."""
-    angle = np.remainder(np.arctan2(targets[..., 4], targets[..., 5]), 2 * np.pi)
-    return np.concatenate([targets[..., :4] * WORLD, angle[..., None]], axis=-1).astype(np.float32)
+from world_models.errors import ArgumentError, LeWorldError
+from world_models.pose import targets_to_state
 
 
 def _check_finite(name: str, x: np.ndarray) -> None:
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} holds NaN or inf values")
+        raise ArgumentError(f"{name} holds NaN or inf values")
 
 
 def check_sequence(name: str, x: Any, last: int) -> np.ndarray:
     """``x`` as a contiguous float32 [B, T >= 1, last] array of finite values, or a ``ValueError`` naming it."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 3 or x.shape[2] != last or x.shape[1] < 1:
-        raise ValueError(f"{name} must have shape [B, T, {last}], got {list(x.shape)}")
+        raise ArgumentError(f"{name} must have shape [B, T, {last}], got {list(x.shape)}")
     _check_finite(name, x)
     return np.ascontiguousarray(x)
 
@@ -53,7 +46,7 @@ def check_history(
     z = check_sequence("z_hist", z_hist, latent_dim)
     a = check_sequence("a_hist", a_hist, action_dim)
     if z.shape[:2] != a.shape[:2]:
-        raise ValueError(f"z_hist {list(z.shape)} and a_hist {list(a.shape)} must agree on [B, T]")
+        raise ArgumentError(f"z_hist {list(z.shape)} and a_hist {list(a.shape)} must agree on [B, T]")
     return z[:, -history:], a[:, -history:]
 
 
@@ -90,9 +83,11 @@ class WorldModel:
         pixels = np.asarray(pixels)
         size = self.config.image_size
         if pixels.dtype != np.uint8:
-            raise ValueError(f"pixels must be uint8 RGB, got dtype {pixels.dtype}")
+            raise ArgumentError(f"pixels must be uint8 RGB, got dtype {pixels.dtype}")
         if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
-            raise ValueError(f"pixels must have shape [B, {size}, {size}, 3] for this model, got {list(pixels.shape)}")
+            raise ArgumentError(
+                f"pixels must have shape [B, {size}, {size}, 3] for this model, got {list(pixels.shape)}"
+            )
         return np.ascontiguousarray(pixels)
 
     def _history(self, z_hist: Any, a_hist: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +116,7 @@ class WorldModel:
         z, a = self._history(z_hist, a_hist)
         future = check_sequence("a_future", a_future, self.config.action_dim)
         if future.shape[0] != z.shape[0]:
-            raise ValueError(f"a_future has batch {future.shape[0]}, z_hist has {z.shape[0]}")
+            raise ArgumentError(f"a_future has batch {future.shape[0]}, z_hist has {z.shape[0]}")
         return self._rollout(z, a, future)
 
     def probe(self, z: Any) -> np.ndarray:
@@ -130,7 +125,7 @@ class WorldModel:
             raise LeWorldError(f"{getattr(self, 'path', 'this model')}: has no probe; run leworld probe")
         z = np.asarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
-            raise ValueError(f"z must have shape [B, {self.config.latent_dim}], got {list(z.shape)}")
+            raise ArgumentError(f"z must have shape [B, {self.config.latent_dim}], got {list(z.shape)}")
         _check_finite("z", z)
         return targets_to_state(self._probe_targets(np.ascontiguousarray(z)))
 

@@ -10,7 +10,11 @@ nothing above ``world_models`` knows which backend it holds::
     config                            (a ModelConfig)
 
 Inputs are checked: wrong dtype, shape, image size, or non-finite values raise
-``ValueError`` naming the argument and what was expected.
+``ArgumentError`` (a ``ValueError``) naming the argument and what was expected.
+
+Here: :func:`load` and the list of backends. Finding a model by name is :mod:`world_models.locate`'s
+(``DEFAULT_MODEL`` and ``shipped_models``, public names, are re-exported from it);
+opening one on an in-process backend is :func:`world_models.backends.open_model`'s.
 """
 
 from __future__ import annotations
@@ -18,51 +22,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from world_models.backends import LOCAL_BACKENDS, open_model
 from world_models.errors import LeWorldError
 from world_models.interface import WorldModel
+from world_models.locate import DEFAULT_MODEL, has_lq40, shipped_models
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
-DEFAULT_MODEL = "pusht-tiny"
-BACKENDS = ("torch", "numba", "numba-q4", "esp32", "fpga")
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "DEFAULT_MODEL",
+    "DEVICE_BACKENDS",
+    "MEMORY_BACKENDS",
+    "load",
+    "shipped_models",
+]
+
 DEVICE_BACKENDS = ("esp32", "fpga")  # behind a serial link; they take port=
+BACKENDS = (*LOCAL_BACKENDS, *DEVICE_BACKENDS)
 DEFAULT_BACKEND = "numba-q4"
-LQ40_FILE = "model.lq40"
-
-
-def shipped_models() -> list[str]:
-    """Names of the models inside the package."""
-    if not SHIPPED_DIR.is_dir():
-        return []
-    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
-
-
-def resolve_model(name_or_path: str | Path) -> Path:
-    """A shipped model's folder by name, or a model folder path."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    shipped = SHIPPED_DIR / str(name_or_path)
-    if (shipped / "config.json").is_file():
-        return shipped
-    raise LeWorldError(
-        f"no model {str(name_or_path)!r}: not a folder, and not a shipped model "
-        f"({', '.join(shipped_models()) or 'none shipped'})"
-    )
-
-
-def resolve_lq40(name_or_path: str | Path, backend: str = "numba-q4") -> Path:
-    """An ``.lq40`` file: given directly, or ``model.lq40`` inside a model folder or shipped model
-    (``backend`` only names who needs it in the error)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    folder = resolve_model(name_or_path)
-    if not (folder / LQ40_FILE).is_file():
-        raise LeWorldError(
-            f"{folder}: no {LQ40_FILE} for backend {backend!r}; make one with "
-            f"leworld quantize --model {folder} --mode full --out {folder / LQ40_FILE}"
-        )
-    return folder / LQ40_FILE
+MEMORY_BACKENDS = ("torch", "numba")  # what backend= may be for a LeWorld memory model: its encoder's
 
 
 def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, **kwargs: Any) -> WorldModel:
@@ -76,26 +54,27 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, *
             ``esp32`` and ``fpga``: the ``.lq40`` on a device behind a serial link (docs/protocol.md).
             ``None`` (default): ``numba-q4`` when the model has an ``.lq40`` (the shipped ones do),
             else ``numba``.
+            For a LeWorld memory model folder (``"kind": "leworld"``) ``backend`` is its encoder's:
+            ``numba`` (also the default, ``None``) or ``torch`` runs the frozen encoder model (encode,
+            probe) on that backend; the memory networks always run on torch and the bit memory on
+            numba kernels. Any other backend, and any option, is refused.
         kwargs: for ``esp32`` and ``fpga`` only: ``port`` (required: a device path such as
             ``/dev/ttyUSB0`` or a pyserial URL such as ``socket://HOST:PORT``), ``timeout``
             (seconds per call, 2), ``retries`` (3) and ``baud`` (921600).
     """
     if Path(name_or_path).is_dir():
-        from world_models.memory.runtime import is_leworld_folder
+        from world_models.memory.runtime import LeWorldRuntime, encoder_model_of, is_leworld_folder
 
         if is_leworld_folder(name_or_path):  # a LeWorld memory model: torch networks + numba memory
-            from world_models.memory.runtime import LeWorldRuntime
-
-            if backend not in (None, "torch", "numba") or kwargs:
+            if backend not in (None, *MEMORY_BACKENDS) or kwargs:
                 raise LeWorldError(
-                    f"{name_or_path}: a LeWorld memory model runs on backend 'torch' or 'numba' "
-                    f"(torch networks, numba memory kernels), got {backend!r}"
+                    f"{name_or_path}: a LeWorld memory model takes backend 'torch' or 'numba' (the backend of "
+                    f"its encoder; torch networks, numba memory kernels), got {backend!r}"
                 )
-            return LeWorldRuntime(name_or_path, backend or "torch")
+            encoder = open_model(encoder_model_of(name_or_path), backend or "numba")
+            return LeWorldRuntime(name_or_path, encoder, backend or "torch")
     if backend is None:
-        path = Path(name_or_path)
-        has_lq40 = path.suffix == ".lq40" or (resolve_model(name_or_path) / LQ40_FILE).is_file()
-        backend = DEFAULT_BACKEND if has_lq40 else "numba"
+        backend = DEFAULT_BACKEND if has_lq40(name_or_path) else "numba"
     if backend not in BACKENDS:
         raise LeWorldError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend in DEVICE_BACKENDS:
@@ -105,14 +84,4 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, *
         return open_device_model(name_or_path, backend, options.pop("port", None), **options)
     if kwargs:
         raise LeWorldError(f"backend {backend!r} takes no options, got {', '.join(kwargs)}")
-    if backend == "numba-q4":
-        from world_models.backends.numba_engine import NumbaWorldModel
-
-        return NumbaWorldModel.from_lq40(resolve_lq40(name_or_path))
-    if backend == "numba":
-        from world_models.backends.numba_engine import NumbaWorldModel
-
-        return NumbaWorldModel.from_folder(resolve_model(name_or_path))
-    from world_models.backends.torch_backend import TorchWorldModel
-
-    return TorchWorldModel(resolve_model(name_or_path))
+    return open_model(name_or_path, backend)

@@ -15,18 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from world_models.errors import ArgumentError
+
 
 def check_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Frames as a list of uint8 (H, W, 3) arrays of one size; ``ValueError`` otherwise."""
     if len(frames) == 0:
-        raise ValueError("no frames to write")
+        raise ArgumentError("no frames to write")
     checked = [np.asarray(frame) for frame in frames]
     shape = checked[0].shape
     for i, frame in enumerate(checked):
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"frame {i} must be uint8 (H, W, 3), got {frame.dtype} {list(frame.shape)}")
+            raise ArgumentError(f"frame {i} must be uint8 (H, W, 3), got {frame.dtype} {list(frame.shape)}")
         if frame.shape != shape:
-            raise ValueError(f"frame {i} has shape {list(frame.shape)}, frame 0 has {list(shape)}")
+            raise ArgumentError(f"frame {i} has shape {list(frame.shape)}, frame 0 has {list(shape)}")
     return checked
 
 

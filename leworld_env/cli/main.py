@@ -12,9 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from leworld_env.cli.bench import TARGETS as BENCH_TARGETS
 from leworld_env.cli.device import add_device_parser
 from leworld_env.cli.play import add_demo, add_planner_args, add_play, planner_kwargs
-from world_models.argtypes import positive_int
+from world_models.argtypes import dataclass_from_args, positive_int
+from world_models.config import DEFAULT_IMAGE_SIZE
 from world_models.errors import LeWorldError
 
 EXIT_USAGE = 2
@@ -43,7 +45,12 @@ def add_collect(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--policy", default="weak-expert", help=f"one of: {', '.join(sorted(POLICIES))}")
     p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default 100)")
-    p.add_argument("--image-size", type=positive_int, default=96, help="frame side in pixels: 64, 96 or 224")
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=DEFAULT_IMAGE_SIZE,
+        help=f"frame side in pixels ({DEFAULT_IMAGE_SIZE}, the default preset's; 96 and 224 for others)",
+    )
     p.add_argument("--frameskip", type=positive_int, default=5, help="physics steps each action is held (5)")
     p.add_argument("--action-scale", type=float, default=100.0, help="pixels per unit of action (100)")
     p.add_argument("--max-steps", type=positive_int, default=300, help="physics steps per episode at most (300)")
@@ -65,17 +72,7 @@ def add_collect(sub: argparse._SubParsersAction) -> None:
 def run_collect(args: argparse.Namespace) -> int:
     from leworld_env.sim.collect import CollectConfig, collect
 
-    config = CollectConfig(
-        policy=args.policy,
-        episodes=args.episodes,
-        image_size=args.image_size,
-        frameskip=args.frameskip,
-        action_scale=args.action_scale,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        jpeg=args.jpeg,
-        hidden_physics=args.hidden_physics,
-    )
+    config = dataclass_from_args(CollectConfig, args)
     out = collect(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
     from world_models.data.dataset import load_dataset_info
 
@@ -85,7 +82,6 @@ def run_collect(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------- bench
-BENCH_TARGETS = ("data", "device", "env", "kernels", "memory", "plan", "train")
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -109,7 +105,12 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("target", choices=BENCH_TARGETS, help="what to measure")
     p.add_argument("--dataset", type=Path, help="dataset to read (data; default: collect a small one)")
-    p.add_argument("--image-size", type=positive_int, default=64, help="frame side for data (64)")
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=DEFAULT_IMAGE_SIZE,
+        help=f"frame side for data ({DEFAULT_IMAGE_SIZE})",
+    )
     p.add_argument("--batch-size", type=positive_int, help="clips per batch (data: 256, train: 128)")
     p.add_argument("--history", type=positive_int, default=3, help="context model steps (3)")
     p.add_argument("--num-preds", type=positive_int, default=1, help="predicted model steps (1)")
@@ -122,32 +123,10 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from leworld_env.cli.bench.common import bench_data, bench_train, print_table, write_json
+    from leworld_env.cli.bench import measure
+    from leworld_env.cli.bench.common import print_table, write_json
 
-    if args.target == "device":
-        from leworld_env.cli.bench.device import bench_device
-
-        rows = bench_device(args.model, args.quick)
-    elif args.target == "memory":
-        from leworld_env.cli.bench.memory import bench_memory
-
-        rows = bench_memory(args.quick)
-    elif args.target == "kernels":
-        from leworld_env.cli.bench.kernels import bench_kernels
-
-        rows = bench_kernels(args.model, args.size, args.quick)
-    elif args.target == "plan":
-        from leworld_env.cli.bench.plan import bench_plan
-
-        rows = bench_plan(args.model, args.quick)
-    elif args.target == "env":
-        from leworld_env.cli.bench.env import bench_env
-
-        rows = bench_env(args.model, args.quick)
-    elif args.target == "train":
-        rows = bench_train(args.preset, args.batch_size or 128, args.dataset)
-    else:
-        rows = bench_data(args.dataset, args.image_size, args.batch_size or 256, args.history, args.num_preds)
+    rows = measure(args.target, args)
     print_table(rows)
     if args.json:
         write_json(rows, args.json)
@@ -184,7 +163,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     import world_models
     from world_models.backends.quantize import agreement, held_out_clips, quantize_folder, report_lines
-    from world_models.runtime import resolve_model
+    from world_models.locate import resolve_model
 
     if args.out.exists() and not args.overwrite:
         raise LeWorldError(f"{args.out} exists; pass --overwrite to replace it")
@@ -217,7 +196,9 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- train
 def add_train(sub: argparse._SubParsersAction) -> None:
+    """``leworld train``: the LeWM trainer's options, then the memory model's group, then ``--quiet``."""
     from world_models.lewm.train import add_arguments
+    from world_models.memory.train import add_arguments as add_memory_arguments
 
     p = sub.add_parser(
         "train",
@@ -226,17 +207,26 @@ def add_train(sub: argparse._SubParsersAction) -> None:
             "Train a LeWM JEPA (ViT encoder, adaLN-zero predictor, SIGReg) on a leworld collect dataset; "
             "TensorBoard logs in OUT/tb, resumable checkpoints in OUT/checkpoint.pt (Ctrl-C saves), the "
             "model with its state probe in OUT/model. Several processes: torchrun --nproc_per_node=N "
-            "-m world_models.lewm.train with the same options."
+            "-m world_models.lewm.train with the same options (the LeWM model; the memory model, "
+            "--world-model leworld, trains in one process)."
         ),
     )
     add_arguments(p)
+    add_memory_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from world_models.lewm.train import config_from_args, train
+    """Train the model ``--world-model`` names: LeWM from pixels, or the LeWorld memory model."""
+    if args.world_model == "leworld":
+        from world_models.memory.train import config_from_args, train_leworld
 
-    train(config_from_args(args), resume=args.resume, progress=not args.quiet)
+        train_leworld(config_from_args(args), resume=args.resume, progress=not args.quiet)
+    else:
+        from world_models.lewm.train import config_from_args, train
+
+        train(config_from_args(args), resume=args.resume, progress=not args.quiet)
     return 0
 
 
@@ -399,21 +389,7 @@ def add_train_agent(sub: argparse._SubParsersAction) -> None:
 def run_train_agent(args: argparse.Namespace) -> int:
     from agents.train_agent import TrainAgentConfig, train_agent
 
-    config = TrainAgentConfig(
-        algo=args.algo,
-        out=args.out,
-        timesteps=args.timesteps,
-        n_envs=args.envs,
-        seed=args.seed,
-        model=args.model,
-        backend=args.backend,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        progress=not args.no_progress,
-        hyperparams=args.hyperparams,
-    )
+    config = dataclass_from_args(TrainAgentConfig, args, n_envs=args.envs, progress=not args.no_progress)
     final = train_agent(config)
     print(f"model written to {final}; tensorboard --logdir {args.out / 'tb'}")
     return 0

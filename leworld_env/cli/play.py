@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from world_models.argtypes import positive_int
+from world_models.argtypes import dataclass_from_args, positive_int
 from world_models.errors import LeWorldError
 
 if TYPE_CHECKING:
@@ -148,15 +148,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from agents.demo import DemoSettings, demo_table
     from agents.demo import run_demo as demo
 
-    settings = DemoSettings(
-        episodes=args.episodes,
-        seed=args.seed,
-        out=args.out,
-        agent=args.agent,
-        model=args.model,
-        backend=args.backend,
-        window=False if args.no_window else None,
-        planner=planner_kwargs(args),
+    settings = dataclass_from_args(
+        DemoSettings, args, window=False if args.no_window else None, planner=planner_kwargs(args)
     )
     try:
         result, wm = demo(settings)

@@ -17,34 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from leworld_env.envs.task import (
-    GoalTerms,
-    TaskSetup,
-    draw_frames,
-    goal_terms,
-    goal_vectors,
-    start_and_goal,
-)
+from leworld_env.envs.episode import Episodes
+from leworld_env.envs.task import TaskSetup, draw_frames, start_and_goal
 
 
-class DreamBatch:
-    """The state of ``num_envs`` dream episodes: latent and action histories, goals, step counts."""
+class DreamBatch(Episodes):
+    """``num_envs`` dream episodes: :class:`~leworld_env.envs.episode.Episodes` whose latents the
+    model predicts, with the action history it reads and the state the probe reads from each latent."""
 
     def __init__(self, setup: TaskSetup, num_envs: int) -> None:
-        self.setup = setup
-        self.num_envs = num_envs
         model = setup.world_model
-        latent_dim = setup.latent_dim
-        self.length = max(model.config.history, setup.history)
-        self.z = np.zeros((num_envs, self.length, latent_dim), np.float32)
+        super().__init__(setup, num_envs, model.config.history)
         self.a = np.zeros((num_envs, self.length, model.config.action_dim), np.float32)
-        self.goal_state = np.zeros((num_envs, 5))
-        self.achieved = np.zeros((num_envs, latent_dim + 4), np.float32)
-        self.desired = np.zeros((num_envs, latent_dim + 4), np.float32)
         self.probed = np.zeros((num_envs, 5), np.float32)
-        self.steps = np.zeros(num_envs, np.int64)
-        self.coverage = np.zeros(num_envs)
-        self.success = np.zeros(num_envs, bool)
         self._fixed_goal_latent: np.ndarray | None = None
 
     # ------------------------------------------------------------------ episodes
@@ -71,12 +56,8 @@ class DreamBatch:
         else:
             z_both = model.encode(draw_frames(np.concatenate([starts, goals]), size))
             z0, z_goal = z_both[: len(indices)], z_both[len(indices) :]
-        self.z[indices] = z0[:, None, :]
         self.a[indices] = 0.0
-        self.steps[indices] = 0
-        self.goal_state[indices] = goals
-        self.desired[indices] = goal_vectors(z_goal, goals[:, 2:5])
-        self._observe(indices, z0)
+        self.begin(indices, z0, goals, z_goal, self._probe(indices, z0))
 
     def step(self, indices: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Advance episodes ``indices`` by one env step under checked ``actions`` (len(indices), 2).
@@ -92,40 +73,16 @@ class DreamBatch:
             z[:, :-1], a[:, :-1] = z[:, 1:], a[:, 1:]
             z[:, -1], a[:, -1] = z_next, 0.0
         self.z[indices], self.a[indices] = z, a
-        self.steps[indices] += 1
-        terms = self._observe(indices, z[:, -1])
-        rewards, terminated = terms.reward(self.setup.reward), terms.success.copy()
-        limit = self.setup.max_episode_steps
-        truncated = self.steps[indices] >= limit if limit is not None else np.zeros(len(indices), bool)
-        return rewards, terminated, truncated & ~terminated
+        return self.end_step(indices, self._probe(indices, z[:, -1]))
 
-    def _observe(self, indices: np.ndarray, z: np.ndarray) -> GoalTerms:
-        """Record the new latents' probed state and goal vector, and what the goal vectors say."""
+    def _probe(self, indices: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Record the state the probe reads from latents ``z`` (B, D); returns its block poses (B, 3)."""
         probed = self.setup.world_model.probe(z)
         self.probed[indices] = probed
-        self.achieved[indices] = goal_vectors(z, probed[:, 2:5])
-        terms = goal_terms(self.achieved[indices], self.desired[indices], self.setup.goal, self.setup.latent_dim)
-        self.coverage[indices], self.success[indices] = terms.coverage, terms.success
-        return terms
-
-    # ------------------------------------------------------------------ what the agent sees
-    def observation(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The observation dict of episodes ``indices`` (all by default), batched."""
-        indices = np.arange(self.num_envs) if indices is None else np.asarray(indices)
-        history = self.setup.history
-        return {
-            "observation": self.z[indices, -history:].reshape(len(indices), -1).copy(),
-            "achieved_goal": self.achieved[indices].copy(),
-            "desired_goal": self.desired[indices].copy(),
-        }
+        return probed[:, 2:5]
 
     def info(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Per-episode facts, batched: is_success, coverage, the probed state, the goal state, the step."""
+        """Per-episode facts of ``indices`` (all by default), batched, ``state`` being the probed one
+        (see :meth:`~leworld_env.envs.episode.Episodes.episode_info`)."""
         indices = np.arange(self.num_envs) if indices is None else np.asarray(indices)
-        return {
-            "is_success": self.success[indices].copy(),
-            "coverage": self.coverage[indices].copy(),
-            "state": self.probed[indices].astype(np.float64),
-            "goal_state": self.goal_state[indices].copy(),
-            "step": self.steps[indices].copy(),
-        }
+        return self.episode_info(self.probed[indices].astype(np.float64), indices)

@@ -6,17 +6,17 @@ Gymnasium envs do not need it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from leworld_env.envs.task import ACTION_SPACE, DEFAULT_EPISODE_STEPS, RENDER_FPS, check_actions, observation_space
+from leworld_env.envs.settings import TaskSettings
+from leworld_env.envs.task import RENDER_FPS, check_actions, observation_space
 from leworld_env.envs.vector import Batched
-from world_models.interface import WorldModel
-from world_models.runtime import DEFAULT_MODEL
+from leworld_env.sim.pusht_sim import ACTION_SPACE
+from world_models.errors import ArgumentError
 
 
 class LeWorldSB3VecEnv(Batched, VecEnv):
@@ -25,27 +25,12 @@ class LeWorldSB3VecEnv(Batched, VecEnv):
     Same-step autoreset as SB3 expects: when an episode ends, the returned observation is
     already the next episode's first one, the last one is in ``infos[i]["terminal_observation"]``,
     and ``infos[i]["TimeLimit.truncated"]`` tells a time limit from a success.
-    ``seed(s)`` seeds env i with s + i at the next ``reset()``.
+    ``seed(s)`` seeds env i with s + i at the next ``reset()``. Arguments: see
+    :class:`~leworld_env.envs.vector.Batched`.
     """
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        model: str | Path | WorldModel = DEFAULT_MODEL,
-        backend: str | None = None,
-        port: str | None = None,
-        goal: str = "fixed",
-        reward: str = "coverage",
-        frameskip: int | None = None,
-        history: int = 1,
-        max_episode_steps: int | None = DEFAULT_EPISODE_STEPS,
-        render_mode: str | None = None,
-        render_size: int = 256,
-    ) -> None:
-        task = dict(model=model, backend=backend, port=port, goal=goal, reward=reward, frameskip=frameskip)
-        task.update(history=history, max_episode_steps=max_episode_steps)
-        self._build(num_envs, render_mode, render_size, task)
-        self.render_mode = render_mode
+    def __init__(self, num_envs: int = 1, *, settings: TaskSettings | None = None, **arguments: Any) -> None:
+        self._build(num_envs, settings, arguments)
         space = observation_space(self.setup.latent_dim, self.setup.history)
         VecEnv.__init__(self, self.batch.num_envs, space, ACTION_SPACE)
         # VecEnv.__init__ overwrites metadata; keep the frame rate renderers and recorders read.
@@ -96,7 +81,7 @@ class LeWorldSB3VecEnv(Batched, VecEnv):
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         if list(self._get_indices(indices)) != list(range(self.num_envs)):
-            raise ValueError(
+            raise ArgumentError(
                 f"set_attr({attr_name!r}) for some envs only: the batched dream's envs share their "
                 "attributes; set it for all of them (indices=None)"
             )

@@ -8,7 +8,7 @@ model's weights:
   physics steps later (the LeWM protocol's goal);
 * metadata (strings): ``goal_offset``, ``seed``, ``episodes``, ``policy``, ``stride``.
 
-Pairs come from :func:`leworld_env.sim.collect.collect_episode` runs (gym-pusht
+Pairs come from :func:`leworld_env.sim.episodes.collect_episode` runs (gym-pusht
 physics, a scripted policy) under a seed that the shipped model was not
 trained on, one pair every ``stride`` physics steps. A pair whose start already
 passes the LeWM success test against its goal is dropped: it would be an
@@ -28,8 +28,9 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
-from leworld_env.sim.collect import CollectConfig, collect_episode
+from leworld_env.sim.episodes import EpisodeConfig, collect_episode
 from leworld_env.sim.pusht_sim import lewm_success
+from world_models.config import MIN_IMAGE_SIZE
 from world_models.errors import LeWorldError
 from world_models.files import atomic_write_bytes
 
@@ -81,7 +82,7 @@ def build_start_bank(
     episodes: int = 60, seed: int = 2027, policy: str = "weak-expert", stride: int = 10
 ) -> tuple[StartBank, dict[str, str]]:
     """Collect ``episodes`` real episodes and turn them into a bank (and its metadata)."""
-    config = CollectConfig(policy=policy, episodes=episodes, image_size=8, seed=seed)
+    config = EpisodeConfig(policy=policy, image_size=MIN_IMAGE_SIZE, seed=seed)  # the bank keeps states, not frames
     runs = [collect_episode(config, i) for i in range(episodes)]
     bank = bank_from_episodes(runs, GOAL_OFFSET, stride)
     meta = {

@@ -1,4 +1,7 @@
-"""What the dream and the real twin share: arguments, spaces, goals, reward and success.
+"""What the dream and the real twin share: the loaded task, spaces, goals, reward and success.
+
+The arguments themselves are :class:`~leworld_env.envs.settings.TaskSettings`;
+:func:`make_setup` loads what they name and checks them against the model.
 
 A *goal vector* (``achieved_goal`` and ``desired_goal``) is a latent followed by
 the block pose it shows, ``[z (D), x / 512, y / 512, sin angle, cos angle]``.
@@ -11,7 +14,6 @@ simulator's. :func:`goal_reward` reads only the two goal vectors, so
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,64 +21,34 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from leworld_env.envs.settings import TaskSettings
 from leworld_env.envs.starts import STARTS_FILE, StartBank, load_start_bank
 from leworld_env.sim.pusht_sim import SUCCESS_COVERAGE, lewm_success
 from numba_kernels.pusht_geometry import tee_coverage_pairs
-from numba_kernels.pusht_raster import GOAL_POSE, WORLD_SIZE, render_pusht
-from world_models.errors import LeWorldError
+from numba_kernels.pusht_raster import GOAL_POSE, render_pusht
+from world_models.config import check_image_size
+from world_models.errors import ArgumentError, LeWorldError
 from world_models.interface import WorldModel
-from world_models.runtime import (
-    BACKENDS,
-    DEFAULT_BACKEND,
-    DEFAULT_MODEL,
-    DEVICE_BACKENDS,
-    SHIPPED_DIR,
-    load,
-    resolve_model,
-)
+from world_models.locate import DEFAULT_MODEL, SHIPPED_DIR, resolve_model
+from world_models.pose import POSE_FEATURES, features_to_pose, pose_features
+from world_models.runtime import DEVICE_BACKENDS, load
 
-GOALS = ("fixed", "dataset")
-REWARDS = ("coverage", "latent", "success")
-POSE_FEATURES = 4  # x / 512, y / 512, sin angle, cos angle
 FIXED_GOAL_AGENT = (350.0, 160.0)  # where the agent stands in the fixed goal's frame: clear of the goal tee
-DEFAULT_EPISODE_STEPS = 60  # gym-pusht's 300 physics steps at the default frameskip of 5
 RENDER_FPS = 10
 
-_MODEL_CACHE: dict[tuple[str, str], WorldModel] = {}
+_MODEL_CACHE: dict[tuple[str, str | None], WorldModel] = {}
 
 
-def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(valid)}")
-    return str(value)
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as an int >= 1, or a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
-    return int(value)
-
-
-def open_model(model: str | Path | WorldModel, backend: str | None, port: str | None) -> WorldModel:
-    """The world model behind an env: a shipped name, a folder or ``.lq40`` path, or a loaded model.
+def open_model(settings: TaskSettings) -> WorldModel:
+    """The world model the settings name: a shipped name, a folder or ``.lq40`` path, or a loaded model.
 
     Models on CPU backends are shared between envs of one process (they hold no episode state).
     """
+    model, backend = settings.model, settings.backend
     if isinstance(model, WorldModel):
-        if backend is not None and backend != model.backend:
-            raise ValueError(f"model is already loaded on backend {model.backend!r}; backend={backend!r} disagrees")
         return model
-    if backend is not None:  # None: world_models.load picks (numba-q4 where the model has an .lq40)
-        backend = _choice("backend", backend, BACKENDS)
-    if backend in DEVICE_BACKENDS and not port:
-        raise ValueError(f"backend {backend!r} needs port= (a device path such as /dev/ttyUSB0, or a pyserial URL)")
-    if backend not in DEVICE_BACKENDS and port is not None:
-        raise ValueError(
-            f"port= is for the hardware backends ({', '.join(DEVICE_BACKENDS)}), not {backend or DEFAULT_BACKEND!r}"
-        )
     if backend in DEVICE_BACKENDS:
-        return load(model, backend=backend, port=port)
+        return load(model, backend=backend, port=settings.port)
     key = (str(Path(model).resolve()) if Path(model).exists() else str(model), backend)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = load(model, backend=backend)
@@ -109,16 +81,30 @@ def open_start_bank(model: str | Path | WorldModel) -> StartBank:
 
 @dataclass
 class TaskSetup:
-    """Checked environment arguments and what they resolve to (shared by every env class)."""
+    """Checked settings and what they resolve to (shared by every env class)."""
 
+    settings: TaskSettings
     world_model: WorldModel
     bank: StartBank
-    goal: str
-    reward: str
-    frameskip: int  # physics steps per env step
+    frameskip: int  # physics steps per env step: the settings', else the model's
     predicts_per_step: int  # model steps per env step
-    history: int  # latents stacked in ``observation``
-    max_episode_steps: int | None
+
+    @property
+    def goal(self) -> str:
+        return self.settings.goal
+
+    @property
+    def reward(self) -> str:
+        return self.settings.reward
+
+    @property
+    def history(self) -> int:
+        """Latents stacked in ``observation``."""
+        return self.settings.history
+
+    @property
+    def max_episode_steps(self) -> int | None:
+        return self.settings.max_episode_steps
 
     @property
     def latent_dim(self) -> int:
@@ -129,47 +115,27 @@ class TaskSetup:
         return self.world_model.config.image_size
 
 
-def make_setup(
-    model: str | Path | WorldModel = DEFAULT_MODEL,
-    backend: str | None = None,
-    port: str | None = None,
-    goal: str = "fixed",
-    reward: str = "coverage",
-    frameskip: int | None = None,
-    history: int = 1,
-    max_episode_steps: int | None = None,
-) -> TaskSetup:
-    """Check every argument (a clear ``ValueError`` naming it) and load the model and the start bank."""
-    goal = _choice("goal", goal, GOALS)
-    reward = _choice("reward", reward, REWARDS)
-    history = check_positive_int("history", history)
-    if max_episode_steps is not None:
-        max_episode_steps = check_positive_int("max_episode_steps", max_episode_steps)
-    if frameskip is not None:
-        frameskip = check_positive_int("frameskip", frameskip)
-    world_model = open_model(model, backend, port)
-    config = world_model.config
+def make_setup(settings: TaskSettings) -> TaskSetup:
+    """Load the model and the start bank, and check the settings against the model (a ``ValueError`` naming it)."""
+    world_model = open_model(settings)
+    config, model = world_model.config, settings.model
     if config.action_dim != 2:
-        raise ValueError(f"model {model}: action_dim is {config.action_dim}; PushT actions are 2-d (dx, dy)")
-    if config.image_size < 8:
-        raise ValueError(f"model {model}: image_size {config.image_size} is below the 8 px the renderer draws")
+        raise ArgumentError(f"model {model}: action_dim is {config.action_dim}; PushT actions are 2-d (dx, dy)")
+    check_image_size(config.image_size, f"model {model}: image_size")
     if not world_model.has_probe:
-        raise ValueError(f"model {model}: has no probe (latent -> state); run leworld probe --model {model}")
-    frameskip = config.frameskip if frameskip is None else frameskip
+        raise ArgumentError(f"model {model}: has no probe (latent -> state); run leworld probe --model {model}")
+    frameskip = config.frameskip if settings.frameskip is None else settings.frameskip
     if frameskip % config.frameskip:
-        raise ValueError(
+        raise ArgumentError(
             f"frameskip {frameskip} must be a multiple of the model's frameskip {config.frameskip} "
             "(one env step is a whole number of model steps)"
         )
     return TaskSetup(
+        settings=settings,
         world_model=world_model,
         bank=open_start_bank(world_model),
-        goal=goal,
-        reward=reward,
         frameskip=frameskip,
         predicts_per_step=frameskip // config.frameskip,
-        history=history,
-        max_episode_steps=max_episode_steps,
     )
 
 
@@ -186,43 +152,18 @@ def observation_space(latent_dim: int, history: int) -> spaces.Dict:
     )
 
 
-ACTION_SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
-
-
-def check_render_size(render_size: Any) -> int:
-    """A rendered frame's side: a whole number of pixels >= 8."""
-    if isinstance(render_size, bool) or not isinstance(render_size, (int, np.integer)) or render_size < 8:
-        raise ValueError(f"render_size must be a whole number of pixels >= 8, got {render_size!r}")
-    return int(render_size)
-
-
 def check_actions(actions: Any, batch: int) -> np.ndarray:
     """Actions as float32 (batch, 2), clipped to [-1, 1]; NaN or inf is a ``ValueError``."""
     array = np.asarray(actions, dtype=np.float32)
     if array.size != batch * 2:
-        raise ValueError(f"expected {batch} action(s) of shape (2,), got an array of shape {array.shape}")
+        raise ArgumentError(f"expected {batch} action(s) of shape (2,), got an array of shape {array.shape}")
     array = array.reshape(batch, 2)
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"actions must be finite numbers in [-1, 1], got {array.tolist()}")
+        raise ArgumentError(f"actions must be finite numbers in [-1, 1], got {array.tolist()}")
     return np.clip(array, -1.0, 1.0)
 
 
 # ------------------------------------------------------------------ goals, reward, success
-def pose_features(block_pose: np.ndarray) -> np.ndarray:
-    """(..., 3) block x, y, angle -> (..., 4) float32 x / 512, y / 512, sin, cos."""
-    pose = np.asarray(block_pose, dtype=np.float64)
-    return np.stack(
-        [pose[..., 0] / WORLD_SIZE, pose[..., 1] / WORLD_SIZE, np.sin(pose[..., 2]), np.cos(pose[..., 2])], axis=-1
-    ).astype(np.float32)
-
-
-def features_to_pose(features: np.ndarray) -> np.ndarray:
-    """(..., 4) pose features -> (..., 3) float64 block x, y, angle in [0, 2 pi)."""
-    f = np.asarray(features, dtype=np.float64)
-    angle = np.remainder(np.arctan2(f[..., 2], f[..., 3]), 2 * math.pi)
-    return np.stack([f[..., 0] * WORLD_SIZE, f[..., 1] * WORLD_SIZE, angle], axis=-1)
-
-
 def goal_vectors(z: np.ndarray, block_pose: np.ndarray) -> np.ndarray:
     """Latents (B, D) and block poses (B, 3) -> goal vectors (B, D + 4) float32."""
     return np.concatenate([np.asarray(z, np.float32), pose_features(block_pose)], axis=-1)
@@ -295,11 +236,11 @@ def start_and_goal(
     known = ("bank_index", "start", "goal_state", *extra)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"unknown reset option(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+        raise ArgumentError(f"unknown reset option(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
     if "bank_index" in options:
         index = options["bank_index"]
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(setup.bank):
-            raise ValueError(f"bank_index must be an integer in [0, {len(setup.bank)}), got {index!r}")
+            raise ArgumentError(f"bank_index must be an integer in [0, {len(setup.bank)}), got {index!r}")
     else:
         index = setup.bank.draw(rng)
     start, goal_state = setup.bank.start[index].copy(), setup.bank.goal[index].copy()
@@ -307,7 +248,7 @@ def start_and_goal(
         start = _state_option("start", options["start"])
     if "goal_state" in options:
         if setup.goal != "dataset":
-            raise ValueError("reset option goal_state needs goal='dataset'; the fixed goal is gym-pusht's")
+            raise ArgumentError("reset option goal_state needs goal='dataset'; the fixed goal is gym-pusht's")
         goal_state = _state_option("goal_state", options["goal_state"])
     if setup.goal == "fixed":
         goal_state = np.array([*FIXED_GOAL_AGENT, *GOAL_POSE])
@@ -317,7 +258,9 @@ def start_and_goal(
 def _state_option(name: str, value: Any) -> np.ndarray:
     state = np.asarray(value, dtype=np.float64)
     if state.shape != (5,) or not np.all(np.isfinite(state)):
-        raise ValueError(f"reset option {name} must be 5 finite numbers (agent x, y, block x, y, angle), got {value!r}")
+        raise ArgumentError(
+            f"reset option {name} must be 5 finite numbers (agent x, y, block x, y, angle), got {value!r}"
+        )
     return state
 
 

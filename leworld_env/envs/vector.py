@@ -8,7 +8,6 @@ single ``LeWorld-PushT-v0`` envs under the same seeds.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -18,34 +17,44 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from leworld_env.envs.dream import DreamBatch
-from leworld_env.envs.pusht import ENV_ARGUMENTS
+from leworld_env.envs.settings import DEFAULT_EPISODE_STEPS, TaskSettings, check_positive_int
 from leworld_env.envs.task import (
-    ACTION_SPACE,
-    DEFAULT_EPISODE_STEPS,
     RENDER_FPS,
     check_actions,
-    check_positive_int,
-    check_render_size,
     compute_reward_batch,
     draw_scene,
     make_setup,
     observation_space,
 )
-from world_models.interface import WorldModel
-from world_models.runtime import DEFAULT_MODEL
+from leworld_env.sim.pusht_sim import ACTION_SPACE
+from world_models.errors import ArgumentError
+
+BATCHED_RENDER_MODES = (None, "rgb_array")
+# What a batched env's keyword arguments replace when no settings= is given: a 60-step limit, as gym.make's.
+BATCHED_DEFAULTS = TaskSettings(max_episode_steps=DEFAULT_EPISODE_STEPS)
 
 
 class Batched:
-    """Arguments, the batch, per-env generators and rendering, shared by both vector classes."""
+    """Settings, the batch, per-env generators and rendering, shared by both vector classes.
 
-    def _build(self, num_envs: int, render_mode: str | None, render_size: int, task: dict[str, Any]) -> None:
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode {render_mode!r} is not supported by a batched env; use 'rgb_array'")
-        self.setup = make_setup(**task)
+    Arguments: ``num_envs``, and the fields of :class:`~leworld_env.envs.settings.TaskSettings` as
+    keywords or ``settings=`` a ready one (keywords then replace its fields). Without ``settings=``,
+    ``max_episode_steps`` defaults to 60 env steps; ``render_mode`` is ``None`` or ``"rgb_array"``;
+    ``hidden_physics=True`` is refused (the dream runs no physics).
+    """
+
+    def _build(self, num_envs: int, settings: TaskSettings | None, arguments: dict[str, Any]) -> None:
+        render_mode = arguments.get("render_mode", None if settings is None else settings.render_mode)
+        if render_mode not in BATCHED_RENDER_MODES:
+            raise ArgumentError(f"render_mode {render_mode!r} is not supported by a batched env; use 'rgb_array'")
+        self.settings = TaskSettings.of(BATCHED_DEFAULTS if settings is None else settings, **arguments)
+        self.settings.refuse_hidden_physics(type(self).__name__)
+        self.setup = make_setup(self.settings)
         self.world_model = self.setup.world_model
         self.batch = DreamBatch(self.setup, check_positive_int("num_envs", num_envs))
         self.rngs: list[np.random.Generator | None] = [None] * self.batch.num_envs
-        self.render_size = check_render_size(render_size)
+        self.render_mode = self.settings.render_mode
+        self.render_size = self.settings.render_size
 
     def _seed(self, seeds: list[int | None]) -> None:
         for i, seed in enumerate(seeds):
@@ -71,7 +80,7 @@ class LeWorldPushTVectorEnv(Batched, VectorEnv):
     Gymnasium's vector convention (``infos["coverage"]`` with a mask ``infos["_coverage"]``).
     An episode that ends at step t is reset at step t + 1: that call ignores its action and
     returns the new episode's first observation with reward 0 (Gymnasium's ``NEXT_STEP``).
-    ``max_episode_steps`` defaults to 60 env steps. ``render()`` returns one frame per env.
+    ``render()`` returns one frame per env. Arguments: see :class:`Batched`.
     """
 
     metadata: ClassVar[dict[str, Any]] = {
@@ -80,25 +89,9 @@ class LeWorldPushTVectorEnv(Batched, VectorEnv):
         "render_fps": RENDER_FPS,
     }
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        model: str | Path | WorldModel = DEFAULT_MODEL,
-        backend: str | None = None,
-        port: str | None = None,
-        goal: str = "fixed",
-        reward: str = "coverage",
-        frameskip: int | None = None,
-        history: int = 1,
-        max_episode_steps: int | None = DEFAULT_EPISODE_STEPS,
-        render_mode: str | None = None,
-        render_size: int = 256,
-    ) -> None:
-        task = dict(model=model, backend=backend, port=port, goal=goal, reward=reward, frameskip=frameskip)
-        task.update(history=history, max_episode_steps=max_episode_steps)
-        self._build(num_envs, render_mode, render_size, task)
+    def __init__(self, num_envs: int = 1, *, settings: TaskSettings | None = None, **arguments: Any) -> None:
+        self._build(num_envs, settings, arguments)
         self.num_envs = self.batch.num_envs
-        self.render_mode = render_mode
         self.single_observation_space = observation_space(self.setup.latent_dim, self.setup.history)
         self.single_action_space = ACTION_SPACE
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -116,11 +109,11 @@ class LeWorldPushTVectorEnv(Batched, VectorEnv):
         else:
             seeds = list(seed)
             if len(seeds) != self.num_envs:
-                raise ValueError(f"seed list has {len(seeds)} entries for {self.num_envs} envs")
+                raise ArgumentError(f"seed list has {len(seeds)} entries for {self.num_envs} envs")
         options = dict(options or {})
         mask = np.asarray(options.pop("reset_mask", np.ones(self.num_envs, bool)), dtype=bool)
         if mask.shape != (self.num_envs,):
-            raise ValueError(f"options['reset_mask'] must be {self.num_envs} booleans, got shape {mask.shape}")
+            raise ArgumentError(f"options['reset_mask'] must be {self.num_envs} booleans, got shape {mask.shape}")
         self._seed([s if m else None for s, m in zip(seeds, mask, strict=True)])
         indices = np.flatnonzero(mask)
         self.batch.reset(indices, self.rngs, [options or None] * self.num_envs)
@@ -151,6 +144,3 @@ class LeWorldPushTVectorEnv(Batched, VectorEnv):
 
     def render(self) -> tuple[np.ndarray, ...] | None:
         return self._frames() if self.render_mode == "rgb_array" else None
-
-
-LeWorldPushTVectorEnv.__doc__ = (LeWorldPushTVectorEnv.__doc__ or "") + ENV_ARGUMENTS

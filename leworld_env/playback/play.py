@@ -30,6 +30,7 @@ from leworld_env.envs.pusht import LeWorldPushTEnv, LeWorldPushTRealEnv
 from leworld_env.envs.starts import GOAL_OFFSET
 from leworld_env.envs.task import model_folder
 from leworld_env.sim.pusht_sim import TEE_CENTER_OF_GRAVITY, angle_difference
+from numba_kernels.pusht_raster import WORLD_SIZE
 from world_models.data.dataset import EpisodeSteps
 from world_models.errors import LeWorldError
 from world_models.interface import WorldModel
@@ -393,7 +394,7 @@ class _Window:
             x, y = pygame.mouse.get_pos()
             size = scene.render_size
             if x < size and HEADER <= y < HEADER + size:
-                world = np.array([x, y - HEADER]) * 512.0 / size
+                world = np.array([x, y - HEADER]) * WORLD_SIZE / size
                 scale = scene.real.world_model.config.action_scale
                 action = np.clip((world - scene.real_info["state"][:2]) / scale, -1, 1).astype(np.float32)
         return action

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from leworld_env.sim.pusht_sim import PushTState
+from world_models.errors import ArgumentError
 
 
 class ScriptedPolicy(Protocol):
@@ -136,7 +137,7 @@ POLICIES: dict[str, type] = {"random": RandomPolicy, "weak-expert": WeakExpertPo
 def make_policy(name: str, action_scale: float = 100.0) -> ScriptedPolicy:
     """Build a scripted policy by name (one of :data:`POLICIES`)."""
     if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}")
+        raise ArgumentError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}")
     if name == "weak-expert":
         return WeakExpertPolicy(action_scale=action_scale)
     return RandomPolicy()

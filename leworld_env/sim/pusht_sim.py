@@ -49,12 +49,17 @@ from typing import Any
 
 import numpy as np
 from gym_pusht.envs import PushTEnv
+from gymnasium import spaces
 
 from numba_kernels.pusht_geometry import tee_coverage
 from numba_kernels.pusht_raster import GOAL_POSE, WORLD_SIZE, render_pusht
+from world_models.config import DEFAULT_IMAGE_SIZE, check_image_size
+from world_models.errors import ArgumentError
 
 DEFAULT_ACTION_SCALE = 100.0
 DEFAULT_FRAMESKIP = 5
+# The relative action of :meth:`PushTSim.step`, of the datasets and of the envs (one definition).
+ACTION_SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
 IMAGE_SIZES = (64, 96, 224)
 SUCCESS_COVERAGE = 0.95  # gym-pusht's threshold
 LEWM_POSITION_TOLERANCE = 20.0  # px
@@ -97,25 +102,25 @@ class HiddenPhysics:
         for name in HIDDEN_PHYSICS_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise ValueError(f"physics {name} must be a number, got {value!r}")
+                raise ArgumentError(f"physics {name} must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))
         if not 0.0 <= self.damping <= 1.0:
-            raise ValueError(
+            raise ArgumentError(
                 f"physics damping must be in [0, 1] (fraction of velocity kept per second), got {self.damping}"
             )
         if not 0.0 <= self.friction < math.inf:
-            raise ValueError(f"physics friction must be a finite number >= 0, got {self.friction}")
+            raise ArgumentError(f"physics friction must be a finite number >= 0, got {self.friction}")
         if not 0.0 < self.block_mass < math.inf:
-            raise ValueError(f"physics block_mass must be a finite number > 0, got {self.block_mass}")
+            raise ArgumentError(f"physics block_mass must be a finite number > 0, got {self.block_mass}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> HiddenPhysics:
         """From a dict of some of ``damping``, ``friction``, ``block_mass`` (the rest default)."""
         if not isinstance(values, Mapping):
-            raise ValueError(f"physics must be a HiddenPhysics or a dict, got {values!r}")
+            raise ArgumentError(f"physics must be a HiddenPhysics or a dict, got {values!r}")
         unknown = sorted(set(values) - set(HIDDEN_PHYSICS_FIELDS))
         if unknown:
-            raise ValueError(
+            raise ArgumentError(
                 f"unknown physics key(s) {', '.join(map(repr, unknown))}; known: {', '.join(HIDDEN_PHYSICS_FIELDS)}"
             )
         return cls(**values)
@@ -210,7 +215,8 @@ class PushTSim:
 
     Args:
         image_size: side of the frames returned by :meth:`frame`, in pixels (any
-            size >= 8; 64, 96 and 224 are the ones the models use).
+            size >= :data:`~world_models.config.MIN_IMAGE_SIZE`, checked by
+            :func:`~world_models.config.check_image_size`; 64, 96 and 224 are the ones the models use).
         frameskip: physics steps per model step (an action is held that long).
         action_scale: pixels per unit of relative action.
         draw_goal: draw gym-pusht's goal tee into frames, as gym-pusht does.
@@ -220,19 +226,18 @@ class PushTSim:
 
     def __init__(
         self,
-        image_size: int = 96,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         frameskip: int = DEFAULT_FRAMESKIP,
         action_scale: float = DEFAULT_ACTION_SCALE,
         draw_goal: bool = True,
         physics: HiddenPhysics | Mapping[str, Any] | None = None,
     ) -> None:
-        if int(image_size) < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        image_size = check_image_size(image_size)
         if int(frameskip) < 1:
-            raise ValueError(f"frameskip must be >= 1 physics step, got {frameskip}")
+            raise ArgumentError(f"frameskip must be >= 1 physics step, got {frameskip}")
         if not action_scale > 0:
-            raise ValueError(f"action_scale must be > 0 pixels, got {action_scale}")
-        self.image_size = int(image_size)
+            raise ArgumentError(f"action_scale must be > 0 pixels, got {action_scale}")
+        self.image_size = image_size
         self.frameskip = int(frameskip)
         self.action_scale = float(action_scale)
         self.draw_goal = draw_goal
@@ -310,7 +315,7 @@ class PushTSim:
         else:
             state = np.asarray(state, dtype=np.float64)
             if state.shape not in ((5,), (7,)) or not np.all(np.isfinite(state)):
-                raise ValueError(
+                raise ArgumentError(
                     "state must be 5 finite numbers (agent_x, agent_y, block_x, block_y, block_angle), "
                     f"optionally followed by the agent velocity (vx, vy); got {state!r}"
                 )
@@ -336,9 +341,9 @@ class PushTSim:
         """The absolute PD target of a relative action from the agent's position now."""
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (2,):
-            raise ValueError(f"a relative action has shape (2,), got {action.shape}")
+            raise ArgumentError(f"a relative action has shape (2,), got {action.shape}")
         if not np.all(np.isfinite(action)):
-            raise ValueError(f"action must be finite, got {action!r}")
+            raise ArgumentError(f"action must be finite, got {action!r}")
         action = np.clip(action, -1.0, 1.0)
         return np.clip(self.agent_pos + action * self.action_scale, 0.0, WORLD_SIZE)
 

@@ -14,7 +14,8 @@ JSON, format version, every manifest entry (name, dtype, shape, offset,
 byte count, alignment, bounds, overlaps), the data size and the CRC-32 of
 the data; then the values (finite float32 tensors and scales, valid ternary
 codes). Every problem is a :class:`LeWorldError` naming the file and field.
-This module never imports torch.
+:func:`read_model` then checks the tensors against the model's layout
+(:mod:`world_models.backends.layout`). This module never imports torch.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import numpy as np
 
 from numba_kernels.linear import QLinear
 from numba_kernels.quant import F16_TO_F32, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK, ternary_codes_valid
+from world_models.backends.layout import linear_shapes, other_shapes
 from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
+from world_models.files import atomic_write_bytes
 
 MAGIC = b"LQ40"
 FORMAT_VERSION = 1
@@ -101,8 +104,6 @@ def encode_lq40(header: Mapping[str, Any], tensors: list[Tensor]) -> bytes:
 
 def write_lq40(path: Path, header: Mapping[str, Any], tensors: list[Tensor]) -> int:
     """Write an LQ40 file atomically; returns its size in bytes."""
-    from world_models.files import atomic_write_bytes
-
     blob = encode_lq40(header, tensors)
     atomic_write_bytes(Path(path), blob)
     return len(blob)
@@ -116,7 +117,32 @@ def _field(entry: dict, key: str, kind: type, where: str) -> Any:
 
 
 def parse_lq40(blob: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Check an LQ40 file's bytes and return (header, tensors by name). Nothing is trusted before it is checked."""
+    """Check an LQ40 file's bytes and return (header, tensors by name). Nothing is trusted before it is checked.
+
+    In order: the header (:func:`_parse_header`), the data's size and CRC-32 (:func:`_checked_data`), then
+    each manifest entry (:func:`_manifest_entry`), its place in the data (:func:`_check_place`) and its
+    values (:func:`_read_tensor`).
+    """
+    header, start = _parse_header(blob, source)
+    data = _checked_data(blob, header, start, source)
+    manifest = header.get("tensors")
+    if not isinstance(manifest, list):
+        raise LeWorldError(f"{source}: field 'tensors' must be a list")
+    tensors: dict[str, Tensor] = {}
+    end = 0
+    for i, entry in enumerate(manifest):
+        name, dtype, shape, offset, nbytes, where = _manifest_entry(entry, f"{source}: tensors[{i}]", source)
+        _check_place(offset, nbytes, end, len(data), where)
+        if name in tensors:
+            raise LeWorldError(f"{where}: appears twice")
+        end = offset + nbytes
+        tensors[name] = _read_tensor(data[offset:end], name, dtype, shape, where)
+    return header, tensors
+
+
+def _parse_header(blob: bytes, source: str) -> tuple[dict[str, Any], int]:
+    """The checked JSON header (magic, length, UTF-8 JSON object, format version, alignment) and where the data
+    starts."""
     size = len(blob)
     if size < 8 or blob[:4] != MAGIC:
         raise LeWorldError(f"{source}: not an LQ40 file (the first 4 bytes must be {MAGIC!r}, got {blob[:4]!r})")
@@ -136,7 +162,12 @@ def parse_lq40(blob: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], di
         )
     if header.get("alignment") != ALIGN:
         raise LeWorldError(f"{source}: alignment must be {ALIGN}, got {header.get('alignment')!r}")
-    start = _align(8 + head_len)
+    return header, _align(8 + head_len)
+
+
+def _checked_data(blob: bytes, header: dict[str, Any], start: int, source: str) -> memoryview:
+    """The tensor data, once its size fits the file and its CRC-32 the header's ``data_crc32``."""
+    size = len(blob)
     data_size = _field(header, "data_size", int, source)
     if start + data_size != size:
         raise LeWorldError(
@@ -149,54 +180,55 @@ def parse_lq40(blob: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], di
             f"{source}: checksum mismatch: the tensor data is corrupted (CRC-32 "
             f"{zlib.crc32(data)} != header data_crc32 {header.get('data_crc32')!r})"
         )
-    manifest = header.get("tensors")
-    if not isinstance(manifest, list):
-        raise LeWorldError(f"{source}: field 'tensors' must be a list")
-    tensors: dict[str, Tensor] = {}
-    end = 0
-    for i, entry in enumerate(manifest):
-        where = f"{source}: tensors[{i}]"
-        if not isinstance(entry, dict):
-            raise LeWorldError(f"{where} must be an object")
-        name = _field(entry, "name", str, where)
-        where = f"{source}: tensor {name!r}"
-        dtype = _field(entry, "dtype", str, where)
-        if dtype not in DTYPES:
-            raise LeWorldError(f"{where}: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-        shape = _field(entry, "shape", list, where)
-        if not (1 <= len(shape) <= 4) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
-        ):
-            raise LeWorldError(f"{where}: shape {shape!r} must be 1 to 4 positive integers")
-        if dtype != "f32" and (len(shape) != 2 or (dtype in ("q4_0", "q8_0") and shape[1] % QK)):
-            raise LeWorldError(
-                f"{where}: a {dtype} tensor must be [N, K]"
-                f"{' with K a multiple of 32' if dtype in ('q4_0', 'q8_0') else ''}, got {shape}"
-            )
-        offset = _field(entry, "offset", int, where)
-        nbytes = _field(entry, "nbytes", int, where)
-        if nbytes != tensor_nbytes(dtype, tuple(shape)):
-            raise LeWorldError(
-                f"{where}: nbytes {nbytes} does not fit {dtype} {shape} ({tensor_nbytes(dtype, tuple(shape))} bytes)"
-            )
-        if offset % ALIGN or offset < end or offset + nbytes > data_size:
-            raise LeWorldError(
-                f"{where}: offset {offset} (+{nbytes} bytes) is misaligned, overlaps the previous "
-                f"tensor or runs past the data ({data_size} bytes)"
-            )
-        if name in tensors:
-            raise LeWorldError(f"{where}: appears twice")
-        end = offset + nbytes
-        raw = np.frombuffer(data[offset:end], dtype=np.uint8).copy()
-        if dtype == "f32":
-            array = raw.view(np.float32).reshape(shape)
-            if not np.all(np.isfinite(array)):
-                raise LeWorldError(f"{where}: holds NaN or inf")
-        else:
-            array = raw.reshape(shape[0], -1)
-            _check_codes(array, dtype, where)
-        tensors[name] = Tensor(name, dtype, tuple(shape), array)
-    return header, tensors
+    return data
+
+
+def _manifest_entry(entry: Any, where: str, source: str) -> tuple[str, str, list[int], int, int, str]:
+    """One manifest entry's checked (name, dtype, shape, offset, nbytes, and where: the name errors use)."""
+    if not isinstance(entry, dict):
+        raise LeWorldError(f"{where} must be an object")
+    name = _field(entry, "name", str, where)
+    where = f"{source}: tensor {name!r}"
+    dtype = _field(entry, "dtype", str, where)
+    if dtype not in DTYPES:
+        raise LeWorldError(f"{where}: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    shape = _field(entry, "shape", list, where)
+    if not (1 <= len(shape) <= 4) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise LeWorldError(f"{where}: shape {shape!r} must be 1 to 4 positive integers")
+    if dtype != "f32" and (len(shape) != 2 or (dtype in ("q4_0", "q8_0") and shape[1] % QK)):
+        raise LeWorldError(
+            f"{where}: a {dtype} tensor must be [N, K]"
+            f"{' with K a multiple of 32' if dtype in ('q4_0', 'q8_0') else ''}, got {shape}"
+        )
+    offset = _field(entry, "offset", int, where)
+    nbytes = _field(entry, "nbytes", int, where)
+    if nbytes != tensor_nbytes(dtype, tuple(shape)):
+        raise LeWorldError(
+            f"{where}: nbytes {nbytes} does not fit {dtype} {shape} ({tensor_nbytes(dtype, tuple(shape))} bytes)"
+        )
+    return name, dtype, shape, offset, nbytes, where
+
+
+def _check_place(offset: int, nbytes: int, end: int, data_size: int, where: str) -> None:
+    """A tensor's bytes: aligned, after the previous tensor's ``end``, inside the data."""
+    if offset % ALIGN or offset < end or offset + nbytes > data_size:
+        raise LeWorldError(
+            f"{where}: offset {offset} (+{nbytes} bytes) is misaligned, overlaps the previous "
+            f"tensor or runs past the data ({data_size} bytes)"
+        )
+
+
+def _read_tensor(raw_bytes: memoryview, name: str, dtype: str, shape: list[int], where: str) -> Tensor:
+    """A tensor from its bytes, once its values are valid (finite floats and scales, valid ternary codes)."""
+    raw = np.frombuffer(raw_bytes, dtype=np.uint8).copy()
+    if dtype == "f32":
+        array = raw.view(np.float32).reshape(shape)
+        if not np.all(np.isfinite(array)):
+            raise LeWorldError(f"{where}: holds NaN or inf")
+    else:
+        array = raw.reshape(shape[0], -1)
+        _check_codes(array, dtype, where)
+    return Tensor(name, dtype, tuple(shape), array)
 
 
 def _check_codes(rows: np.ndarray, dtype: str, where: str) -> None:
@@ -252,8 +284,6 @@ def layers_from_tensors(
 
 def read_model(path: Path) -> tuple[ModelConfig, dict[str, QLinear], dict[str, np.ndarray], dict[str, Any]]:
     """An LQ40 model: (config, linear layers, other float32 tensors, header)."""
-    from world_models.backends.numba_engine import linear_shapes, other_shapes
-
     header, tensors = read_lq40(path)
     if not isinstance(header.get("model"), dict):
         raise LeWorldError(f"{path}: header field 'model' (the model config) must be an object")

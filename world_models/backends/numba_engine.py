@@ -9,7 +9,9 @@ only (the only one ``predict`` returns), and BatchNorm uses its running
 statistics (eval mode).
 
 Weights come from a model folder's ``model.safetensors`` (``numba``, read with
-``safetensors.numpy``) or from an ``.lq40`` file (``numba-q4``).
+:func:`world_models.files.read_safetensors`) or from an ``.lq40`` file (``numba-q4``,
+read with :func:`world_models.backends.lq40.read_model`); the names and shapes they must
+have are :mod:`world_models.backends.layout`'s.
 """
 
 from __future__ import annotations
@@ -22,106 +24,17 @@ import numpy as np
 
 from numba_kernels.linear import GELU, SILU, QLinear
 from numba_kernels.nn_ops import apply_activation, attention, batch_norm, layer_norm, modulated_layer_norm
+from world_models.backends.layout import check_tensors, linear_shapes, other_shapes
+from world_models.backends.lq40 import read_model
 from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
+from world_models.files import read_safetensors
 from world_models.interface import WorldModel
-
-PROBE_FIELDS = 6
-
-
-def linear_shapes(cfg: ModelConfig, probe_hidden: int | None = None) -> dict[str, tuple[int, int]]:
-    """Every linear layer of the model (and probe) by module prefix -> (out_features, in_features).
-
-    Convolutions are linear layers here: the patch embedding over flattened
-    (channel, row, column) patches, the action encoder's kernel-1 Conv1d over actions.
-    """
-    hidden = int(cfg.encoder_dim * cfg.mlp_ratio), int(cfg.predictor_dim * cfg.mlp_ratio)
-    shapes = {"encoder.patch_embed": (cfg.encoder_dim, 3 * cfg.patch_size**2)}
-    for i in range(cfg.encoder_depth):
-        p, d = f"encoder.blocks.{i}", cfg.encoder_dim
-        shapes |= {
-            f"{p}.attn.qkv": (3 * d, d),
-            f"{p}.attn.proj": (d, d),
-            f"{p}.mlp.0": (hidden[0], d),
-            f"{p}.mlp.2": (d, hidden[0]),
-        }
-    shapes |= {
-        "encoder.projector.0": (cfg.projector_hidden, cfg.encoder_dim),
-        "encoder.projector.3": (cfg.latent_dim, cfg.projector_hidden),
-    }
-    d = cfg.predictor_dim
-    shapes |= {
-        "predictor.input": (d, cfg.latent_dim),
-        "predictor.action_encoder.conv": (cfg.action_embed_dim, cfg.action_dim),
-        "predictor.action_encoder.mlp.0": (4 * d, cfg.action_embed_dim),
-        "predictor.action_encoder.mlp.2": (d, 4 * d),
-    }
-    for i in range(cfg.predictor_depth):
-        p = f"predictor.blocks.{i}"
-        shapes |= {
-            f"{p}.attn.qkv": (3 * d, d),
-            f"{p}.attn.proj": (d, d),
-            f"{p}.mlp.0": (hidden[1], d),
-            f"{p}.mlp.2": (d, hidden[1]),
-            f"{p}.modulation.1": (6 * d, d),
-        }
-    shapes |= {
-        "predictor.projector.0": (cfg.projector_hidden, d),
-        "predictor.projector.3": (cfg.latent_dim, cfg.projector_hidden),
-    }
-    if probe_hidden is not None:
-        shapes |= {"probe.net.0": (probe_hidden, cfg.latent_dim), "probe.net.2": (PROBE_FIELDS, probe_hidden)}
-    return shapes
-
-
-def other_shapes(cfg: ModelConfig, with_probe: bool) -> dict[str, tuple[int, ...]]:
-    """Every float32 tensor that is not a linear layer's weight or bias -> its shape."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "encoder.cls_token": (1, 1, cfg.encoder_dim),
-        "encoder.pos_embed": (1, cfg.num_patches + 1, cfg.encoder_dim),
-        "encoder.norm.weight": (cfg.encoder_dim,),
-        "encoder.norm.bias": (cfg.encoder_dim,),
-        "predictor.pos_embed": (1, cfg.history, cfg.predictor_dim),
-        "predictor.norm.weight": (cfg.predictor_dim,),
-        "predictor.norm.bias": (cfg.predictor_dim,),
-    }
-    for i in range(cfg.encoder_depth):
-        for norm in ("norm1", "norm2"):
-            for field in ("weight", "bias"):
-                shapes[f"encoder.blocks.{i}.{norm}.{field}"] = (cfg.encoder_dim,)
-    for part in ("encoder", "predictor"):
-        for field in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{part}.projector.1.{field}"] = (cfg.projector_hidden,)
-    if with_probe:
-        shapes |= {"probe.z_mean": (cfg.latent_dim,), "probe.z_std": (cfg.latent_dim,)}
-    return shapes
 
 
 def linear_from_state(state: Mapping[str, np.ndarray], prefix: str, shape: tuple[int, int]) -> np.ndarray:
     """A linear layer's float32 weight [out, in] from a state dict (convolutions flattened)."""
     return np.ascontiguousarray(np.asarray(state[f"{prefix}.weight"], np.float32).reshape(shape))
-
-
-def check_tensors(
-    source: str, cfg: ModelConfig, linears: Mapping[str, QLinear], tensors: Mapping[str, np.ndarray], probe: int | None
-) -> None:
-    """Name every missing or misshapen layer or tensor against the config."""
-    problems = []
-    for prefix, (n, k) in linear_shapes(cfg, probe).items():
-        layer = linears.get(prefix)
-        if layer is None:
-            problems.append(f"missing layer {prefix}")
-        elif (layer.out_features, layer.in_features) != (n, k):
-            problems.append(f"{prefix} is {layer.out_features}x{layer.in_features}, the config needs {n}x{k}")
-    for name, shape in other_shapes(cfg, probe is not None).items():
-        if name not in tensors:
-            problems.append(f"missing tensor {name}")
-        elif tuple(tensors[name].shape) != shape:
-            problems.append(f"{name} has shape {list(tensors[name].shape)}, the config needs {list(shape)}")
-        elif not np.all(np.isfinite(tensors[name])):
-            problems.append(f"{name} holds NaN or inf")
-    if problems:
-        raise LeWorldError(f"{source}: " + "; ".join(problems[:6]) + (" ..." if len(problems) > 6 else ""))
 
 
 class NumbaLeWM:
@@ -272,26 +185,14 @@ class NumbaLeWM:
         return self.lin["probe.net.2"](self.lin["probe.net.0"](zn, GELU))
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    if not path.is_file():
-        raise LeWorldError(f"{path}: missing")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise LeWorldError(f"{path}: not a readable safetensors file ({err})") from None
-
-
 def float_weights(folder: Path) -> tuple[ModelConfig, dict[str, np.ndarray], int | None]:
     """A model folder's config and every float32 tensor (model, and probe under ``probe.``); the probe's width."""
     folder = Path(folder)
     cfg = ModelConfig.load(folder)
-    state = dict(_read_safetensors(folder / "model.safetensors"))
+    state = dict(read_safetensors(folder / "model.safetensors"))
     probe_hidden = None
     if (folder / "probe.safetensors").is_file():
-        state |= {f"probe.{k}": v for k, v in _read_safetensors(folder / "probe.safetensors").items()}
+        state |= {f"probe.{k}": v for k, v in read_safetensors(folder / "probe.safetensors").items()}
         try:
             probe_hidden = int(json.loads((folder / "probe.json").read_text()).get("hidden", 256))
         except (OSError, ValueError, AttributeError) as err:
@@ -337,8 +238,6 @@ class NumbaWorldModel(WorldModel):
     @classmethod
     def from_lq40(cls, path: Path) -> NumbaWorldModel:
         """The ``numba-q4`` backend: quantized weights from an ``.lq40`` file."""
-        from world_models.backends.lq40 import read_model
-
         cfg, linears, others, _header = read_model(path)
         return cls(NumbaLeWM(cfg, linears, others, str(path)), path, "numba-q4")
 

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from world_models.backends.layout import linear_shapes
 from world_models.backends.lq40 import SCALE_SUFFIX, Tensor, write_lq40
-from world_models.backends.numba_engine import build_layers, float_weights, linear_shapes
+from world_models.backends.numba_engine import build_layers, float_weights
 from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
 

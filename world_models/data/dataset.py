@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from world_models.errors import DatasetError
+from world_models.errors import ArgumentError, DatasetError
 
 DATA_SUBDIR = "data"
 METADATA_KEY = "leworld"
@@ -193,7 +193,7 @@ def split_episodes(total_episodes: int, val_fraction: float, seed: int) -> tuple
     At least one episode goes to each side when there are two or more.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ArgumentError(f"val_fraction must be in [0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(total_episodes)
     n_val = round(total_episodes * val_fraction)
     if val_fraction > 0.0 and total_episodes >= 2:
@@ -231,9 +231,9 @@ class PushTClips:
         progress: bool = False,
     ) -> None:
         if history < 1 or num_preds < 0:
-            raise ValueError(f"history must be >= 1 and num_preds >= 0, got {history} and {num_preds}")
+            raise ArgumentError(f"history must be >= 1 and num_preds >= 0, got {history} and {num_preds}")
         if split not in ("train", "val", "all"):
-            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+            raise ArgumentError(f"split must be 'train', 'val' or 'all', got {split!r}")
         self.info = load_dataset_info(path)
         self.history = history
         self.num_preds = num_preds

@@ -1,9 +1,10 @@
 """A dataset's episodes as frozen-encoder latents (what the LeWorld memory model trains on).
 
-:func:`encode_dataset` reads a ``leworld collect`` dataset the way
+:func:`encode_episodes` reads a ``leworld collect`` dataset the way
 :class:`~world_models.data.dataset.PushTClips` does (every ``frameskip``-th frame, whole
-held actions only) and encodes the frames with a frozen LeWM encoder (default:
-the shipped ``pusht-tiny`` on the ``numba`` backend, no torch).
+held actions only) and encodes the frames with a frozen LeWM encoder, a model the caller
+opened (:func:`world_models.memory.runtime.encode_dataset` opens one by name: default the shipped
+``pusht-tiny`` on the ``numba`` backend, no torch).
 :class:`LatentEpisodes` holds the result with episodes concatenated;
 :func:`save_latents` / :func:`load_latents` store it as safetensors (atomic).
 """
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from world_models.data.dataset import data_path, load_dataset_info, split_episodes
+from world_models.data.dataset import DatasetInfo, data_path, load_dataset_info, split_episodes
 from world_models.errors import DatasetError, LeWorldError
+from world_models.interface import WorldModel
 
 
 @dataclass(frozen=True)
@@ -96,30 +98,73 @@ class LatentEpisodes:
         return self.subset(train_ids), self.subset(val_ids)
 
 
-def encode_dataset(
-    dataset_dir: str | Path, model: str | Path = "pusht-tiny", backend: str = "numba", progress: bool = False
+def encode_episodes(
+    dataset_dir: str | Path, encoder: WorldModel, progress: bool = False, *, encoder_model: str | Path | None = None
 ) -> LatentEpisodes:
     """Encode every episode of a ``leworld collect`` dataset with a frozen model's encoder.
 
     Frames are read as :class:`~world_models.data.dataset.PushTClips` reads them: every
     ``frameskip``-th frame and the action held from it, whole held actions only.
     A per-episode ``infos/physics`` field (hidden-physics datasets) is kept when present.
+
+    Args:
+        dataset_dir: the dataset.
+        encoder: the encoder model, opened by the caller (any backend).
+        progress: show a progress bar.
+        encoder_model: the name ``info["encoder_model"]`` records (default: the encoder's path).
     """
+    if not isinstance(encoder, WorldModel):
+        raise LeWorldError(
+            f"encode_episodes takes the encoder model (a WorldModel), got {encoder!r}; "
+            "world_models.memory.runtime.encode_dataset opens one by name"
+        )
+    name = encoder_model if encoder_model is not None else getattr(encoder, "path", type(encoder).__name__)
+    info = load_dataset_info(dataset_dir)
+    if encoder.config.image_size != info.image_size:
+        raise LeWorldError(
+            f"{dataset_dir}: frames are {info.image_size}px but encoder model {name!r} "
+            f"expects {encoder.config.image_size}px"
+        )
+    episodes = _encode_each_episode(info, encoder, progress)
+    if not episodes:
+        raise DatasetError(
+            f"{dataset_dir}: no episode is at least one model step ({info.frameskip} physics steps) long"
+        )
+    zs, acts, phys, ids = (list(column) for column in zip(*episodes, strict=True))
+    phys = [p for p in phys if p is not None]
+    if phys and len(phys) != len(zs):
+        raise DatasetError(f"{dataset_dir}: only {len(phys)} of {len(zs)} episodes have infos/physics")
+    physics = np.stack(phys) if phys else np.zeros((len(zs), 0), np.float32)
+    names = tuple(str(n) for n in info.leworld.get("physics_fields", ()))
+    if physics.shape[1] and len(names) != physics.shape[1]:
+        names = tuple(f"physics_{i}" for i in range(physics.shape[1]))
+    return LatentEpisodes(
+        z=np.concatenate(zs).astype(np.float32),
+        actions=np.concatenate(acts),
+        episode_starts=np.concatenate([[0], np.cumsum([len(a) for a in acts])]).astype(np.int64),
+        physics=physics,
+        physics_names=names if physics.shape[1] else (),
+        episode_ids=np.array(ids, dtype=np.int64),
+        info={
+            "dataset": str(dataset_dir),
+            "encoder_model": str(name),
+            "encoder_backend": encoder.backend,
+            "frameskip": info.frameskip,
+            "action_scale": info.action_scale,
+            "policy": info.policy,
+        },
+    )
+
+
+def _encode_each_episode(
+    info: DatasetInfo, encoder: WorldModel, progress: bool
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, int]]:
+    """(z [T, D], actions [T, 2], physics or None, episode index) of every episode at least one model step long."""
     import h5py
     from tqdm import tqdm
 
-    import world_models
-
-    info = load_dataset_info(dataset_dir)
-    wm = world_models.load(model, backend=backend)
-    if wm.config.image_size != info.image_size:
-        raise LeWorldError(
-            f"{dataset_dir}: frames are {info.image_size}px but encoder model {model!r} "
-            f"expects {wm.config.image_size}px"
-        )
     fs = info.frameskip
-    names = tuple(str(n) for n in info.leworld.get("physics_fields", ()))
-    zs, acts, lengths, phys, ids = [], [], [], [], []
+    episodes = []
     h5_file = data_path(info.path) / "main_data.hdf5"
     try:
         with h5py.File(h5_file, "r") as f:
@@ -131,37 +176,14 @@ def encode_dataset(
                 pixels = group["observations"]["pixels"][: n_actions * fs + 1][::fs]
                 act = np.full((n_actions + 1, 2), np.nan, dtype=np.float32)
                 act[:n_actions] = group["actions"][0 : n_actions * fs : fs]
-                zs.append(np.concatenate([wm.encode(pixels[i : i + 256]) for i in range(0, len(pixels), 256)]))
-                acts.append(act)
-                lengths.append(n_actions + 1)
-                ids.append(ep)
+                z = np.concatenate([encoder.encode(pixels[i : i + 256]) for i in range(0, len(pixels), 256)])
+                physics = None
                 if "infos" in group and "physics" in group["infos"]:
-                    phys.append(np.asarray(group["infos"]["physics"][0], dtype=np.float32))
+                    physics = np.asarray(group["infos"]["physics"][0], dtype=np.float32)
+                episodes.append((z, act, physics, ep))
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise DatasetError(f"{h5_file}: truncated or corrupt dataset ({err})") from None
-    if not zs:
-        raise DatasetError(f"{dataset_dir}: no episode is at least one model step ({fs} physics steps) long")
-    if phys and len(phys) != len(zs):
-        raise DatasetError(f"{dataset_dir}: only {len(phys)} of {len(zs)} episodes have infos/physics")
-    physics = np.stack(phys) if phys else np.zeros((len(zs), 0), np.float32)
-    if physics.shape[1] and len(names) != physics.shape[1]:
-        names = tuple(f"physics_{i}" for i in range(physics.shape[1]))
-    return LatentEpisodes(
-        z=np.concatenate(zs).astype(np.float32),
-        actions=np.concatenate(acts),
-        episode_starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        physics=physics,
-        physics_names=names if physics.shape[1] else (),
-        episode_ids=np.array(ids, dtype=np.int64),
-        info={
-            "dataset": str(dataset_dir),
-            "encoder_model": str(model),
-            "encoder_backend": backend,
-            "frameskip": fs,
-            "action_scale": info.action_scale,
-            "policy": info.policy,
-        },
-    )
+    return episodes
 
 
 def save_latents(latents: LatentEpisodes, path: str | Path) -> None:

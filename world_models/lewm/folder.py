@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
-from world_models.files import _commit, _temporary_beside, atomic_write_bytes
+from world_models.files import _commit, _temporary_beside, atomic_write_bytes, read_safetensors
 from world_models.lewm.model import LeWM
 from world_models.lewm.probe import Probe
 
@@ -35,15 +34,6 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise LeWorldError(f"{path}: missing")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise LeWorldError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def load_state_checked(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
@@ -86,7 +76,7 @@ def load_model(folder: Path) -> tuple[LeWM, Probe | None, dict[str, Any]]:
         raise LeWorldError(f"{folder}: no such model folder")
     cfg = ModelConfig.load(folder)
     model = LeWM(cfg)
-    load_state_checked(model, _load_tensors(folder / MODEL_FILE), folder / MODEL_FILE)
+    load_state_checked(model, read_safetensors(folder / MODEL_FILE, "pt"), folder / MODEL_FILE)
     model.eval()
     probe, info = None, {}
     if (folder / PROBE_FILE).exists():
@@ -95,6 +85,6 @@ def load_model(folder: Path) -> tuple[LeWM, Probe | None, dict[str, Any]]:
         except (OSError, json.JSONDecodeError) as err:
             raise LeWorldError(f"{folder / PROBE_META}: unreadable ({err})") from None
         probe = Probe(cfg.latent_dim, int(info.get("hidden", 256)))
-        load_state_checked(probe, _load_tensors(folder / PROBE_FILE), folder / PROBE_FILE)
+        load_state_checked(probe, read_safetensors(folder / PROBE_FILE, "pt"), folder / PROBE_FILE)
         probe.eval()
     return model, probe, info

@@ -12,20 +12,20 @@ import numpy as np
 import torch
 from torch import nn
 
-PROBE_FIELDS = ("agent_x", "agent_y", "block_x", "block_y", "sin_angle", "cos_angle")
-from world_models.interface import WORLD  # noqa: E402
+from world_models import pose
+from world_models.pose import PROBE_FIELDS
 
 
 def state_to_targets(state: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(…, 5) agent xy, block xy, angle -> (…, 6) probe targets."""
-    s = torch.as_tensor(state, dtype=torch.float32)
-    return torch.cat([s[..., :4] / WORLD, torch.sin(s[..., 4:5]), torch.cos(s[..., 4:5])], dim=-1)
+    """(…, 5) agent xy, block xy, angle -> (…, 6) probe targets (:func:`world_models.pose.state_to_targets`)."""
+    if isinstance(state, torch.Tensor):
+        state = state.detach().cpu().numpy()
+    return torch.from_numpy(pose.state_to_targets(state))
 
 
 def targets_to_state(targets: torch.Tensor) -> torch.Tensor:
-    """(…, 6) probe outputs -> (…, 5) agent xy, block xy (px), angle in [0, 2 pi)."""
-    angle = torch.remainder(torch.atan2(targets[..., 4], targets[..., 5]), 2 * torch.pi)
-    return torch.cat([targets[..., :4] * WORLD, angle[..., None]], dim=-1)
+    """(…, 6) probe outputs -> (…, 5) agent xy, block xy (px), angle (:func:`world_models.pose.targets_to_state`)."""
+    return torch.from_numpy(pose.targets_to_state(targets.detach().cpu().numpy()))
 
 
 class Probe(nn.Module):

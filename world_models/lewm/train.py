@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -38,13 +36,23 @@ from numba_kernels.pusht_raster import render_pusht
 from world_models.argtypes import non_negative_int, positive_int
 from world_models.config import ModelConfig, preset
 from world_models.data.dataset import PushTClips, load_dataset_info
-from world_models.errors import LeWorldError
-from world_models.lewm.folder import atomic_write_bytes, save_model
+from world_models.errors import ArgumentError, LeWorldError
+from world_models.lewm.folder import save_model
 from world_models.lewm.model import LeWM, count_parameters, init_weights, local_statistics, recalibrate_batchnorm
 from world_models.lewm.probe import apply_ridge, fit_dataset_probe, fit_ridge
+from world_models.training import (
+    check_resume,
+    clip_and_step,
+    load_checkpoint,
+    log_parameter_counts,
+    restore_rng,
+    set_lr,
+    shared_settings,
+    warmup_cosine,
+    write_checkpoint,
+)
 from world_models.video import add_video
 
-CHECKPOINT = "checkpoint.pt"
 ROLLOUT_HORIZON = 5
 
 
@@ -74,14 +82,6 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
 
 
-def warmup_cosine(step: int, total: int, warmup: int, lr: float, floor: float) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine down to ``floor * lr`` at ``total``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine down to ``min_lr_ratio * lr``."""
     return warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr_ratio)
@@ -102,8 +102,13 @@ def sigreg_generator(seed: int, step: int) -> torch.Generator:
 
 
 def local_slice(batch_size: int, rank: int, world: int) -> slice:
+    """This process's rows of a global batch of ``batch_size`` split across ``world`` processes.
+
+    Raises:
+        ArgumentError: ``batch_size`` does not split evenly.
+    """
     if batch_size % world:
-        raise LeWorldError(f"batch size {batch_size} must be divisible by the {world} processes")
+        raise ArgumentError(f"batch size {batch_size} must be divisible by the {world} processes")
     per = batch_size // world
     return slice(rank * per, (rank + 1) * per)
 
@@ -193,65 +198,43 @@ def save_checkpoint(
     out: Path, model: LeWM, optimizer: torch.optim.Optimizer, step: int, rng_state: dict[str, Any]
 ) -> None:
     """``rng_state`` is the sampler's state at the start of step ``step`` (so a resumed run draws the same batch)."""
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": json.dumps(rng_state),
-            "config": json.dumps(model.cfg.to_dict()),
-        },
-        buffer,
-    )
-    atomic_write_bytes(out / CHECKPOINT, buffer.getvalue())
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "config": json.dumps(model.cfg.to_dict()),
+    }
+    write_checkpoint(out, payload, rng_state)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a torch file can fail in many ways; all mean "unusable checkpoint"
-        raise LeWorldError(f"{path}: unreadable checkpoint ({err})") from None
+# ------------------------------------------------------------------ setup
+@dataclass
+class Run:
+    """A LeWM training run, as it goes from step to step."""
+
+    model: LeWM
+    optimizer: torch.optim.Optimizer
+    train_clips: PushTClips
+    val_clips: PushTClips
+    rng: np.random.Generator  # the training sampler's, the same in every process
+    step: int  # steps done
+    rng_state: dict[str, Any]  # ``rng`` at the start of step ``step + 1``: what a checkpoint keeps
+    writer: Any  # the SummaryWriter, in process 0 only (None elsewhere)
 
 
-# ------------------------------------------------------------------ main loop
-def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool = False, progress: bool = True) -> Path:
-    """Train and write ``OUT/model``; returns that folder.
+def load_clips(cfg: TrainConfig, model_cfg: ModelConfig, progress: bool) -> tuple[PushTClips, PushTClips, ModelConfig]:
+    """Training and validation clips, and ``model_cfg`` with the dataset's frameskip, action scale and origin.
 
-    ``cfg`` may also be a :class:`~world_models.memory.train.MemoryTrainConfig`
-    (``--world-model leworld``): the three-phase LeWorld memory training runs instead.
+    Raises:
+        LeWorldError: the dataset's frames are not the size the model expects.
     """
-    if not isinstance(cfg, TrainConfig):
-        from world_models.memory.train import train_leworld
-
-        return train_leworld(cfg, resume=resume, progress=progress)
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    rank, world = setup_distributed()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    ckpt_path = out / CHECKPOINT
-    if not resume and ckpt_path.exists():
-        raise LeWorldError(f"{out} already holds a training run; pass --resume to continue it or pick another --out")
-    if resume and not ckpt_path.exists():
-        raise LeWorldError(f"{ckpt_path}: no checkpoint to resume from")
-    state = load_checkpoint(ckpt_path) if resume else None
-    if state is not None:
-        model_cfg = ModelConfig.from_dict(json.loads(state["config"]), source=str(ckpt_path))
-    model_cfg = model_cfg or preset(cfg.preset)
-
     data_info = load_dataset_info(cfg.data)
     if data_info.image_size != model_cfg.image_size:
         raise LeWorldError(
             f"{cfg.data}: frames are {data_info.image_size}px but preset {cfg.preset!r} expects "
             f"{model_cfg.image_size}px; collect with --image-size {model_cfg.image_size}"
         )
-    train_clips = PushTClips(
-        cfg.data, model_cfg.history, cfg.num_preds, "train", cfg.val_fraction, progress=progress and rank == 0
-    )
+    train_clips = PushTClips(cfg.data, model_cfg.history, cfg.num_preds, "train", cfg.val_fraction, progress=progress)
     val_clips = PushTClips(cfg.data, model_cfg.history, ROLLOUT_HORIZON, "val", cfg.val_fraction, seed=cfg.seed)
     model_cfg = dataclasses.replace(
         model_cfg,
@@ -259,6 +242,19 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
         action_scale=data_info.action_scale,
         extra={**model_cfg.extra, "preset": cfg.preset, "dataset": str(cfg.data), "dataset_policy": data_info.policy},
     )
+    return train_clips, val_clips, model_cfg
+
+
+def start_run(cfg: TrainConfig, model_cfg: ModelConfig | None, resume: bool, progress: bool, rank: int) -> Run:
+    """Data, model and optimizer, from the checkpoint in ``OUT`` with ``resume``, from the seed otherwise."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = Path(cfg.out)
+    ckpt_path = check_resume(out, resume)
+    state = load_checkpoint(ckpt_path) if resume else None
+    if state is not None:
+        model_cfg = ModelConfig.from_dict(json.loads(state["config"]), source=str(ckpt_path))
+    train_clips, val_clips, model_cfg = load_clips(cfg, model_cfg or preset(cfg.preset), progress and rank == 0)
 
     torch.manual_seed(cfg.seed)
     model = LeWM(model_cfg)
@@ -270,69 +266,110 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        restore_rng(state, rng)
     train_clips.rng = rng
     writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
     if rank == 0 and step == 0:
-        counts = count_parameters(model)
-        print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-        for name, value in counts.items():
-            writer.add_scalar(f"params/{name}", value, 0)
+        log_parameter_counts(count_parameters(model), writer)
+    return Run(model, optimizer, train_clips, val_clips, rng, step, rng.bit_generator.state, writer)
 
+
+# ------------------------------------------------------------------ main loop
+def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool = False, progress: bool = True) -> Path:
+    """Train and write ``OUT/model``; returns that folder.
+
+    Setup (:func:`start_run`), the steps (:func:`run_steps`: each a :func:`train_step`,
+    logged, validated and checkpointed on its schedule), then :func:`finish`. Ctrl-C saves
+    a checkpoint of the finished steps first.
+    """
+    from tqdm import tqdm
+
+    rank, world = setup_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = start_run(cfg, model_cfg, resume, progress, rank)
     part = local_slice(cfg.batch_size, rank, world)
-    module = wrap_distributed(model)
-    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not (progress and rank == 0))
-    model.train()
-    tick, clips_done = time.perf_counter(), 0
-    rng_state = rng.bit_generator.state
+    module = wrap_distributed(run.model)
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="training", unit="step", disable=not (progress and rank == 0))
+    run.model.train()
     try:
-        while step < cfg.steps:
-            batch = train_clips.sample(cfg.batch_size)  # every process draws the global batch, keeps its part
-            pixels = torch.from_numpy(batch.pixels[part])
-            actions = torch.from_numpy(batch.actions[part])
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            out_step = train_step(module, pixels, actions, sigreg_generator(cfg.seed, step))
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            rng_state = rng.bit_generator.state  # where step ``step + 1`` will draw from
-            clips_done += cfg.batch_size
-            bar.update(1)
-            if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-                now = time.perf_counter()
-                for key in ("loss", "prediction", "sigreg"):
-                    writer.add_scalar(f"train/{key}", out_step[key].item(), step)
-                writer.add_scalar("train/lr", lr, step)
-                writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                writer.add_scalar("train/clips_per_s", clips_done / (now - tick), step)
-                bar.set_postfix(loss=f"{out_step['loss'].item():.4f}")
-                tick, clips_done = now, 0
-            if writer is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                with local_statistics():
-                    validate(model, train_clips, val_clips, cfg, writer, step)
-            if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                save_checkpoint(out, model, optimizer, step, rng_state)
+        run_steps(run, module, part, cfg, bar)
     except KeyboardInterrupt:
         if rank == 0:  # an unfinished step is redone on resume, from the same batch
-            save_checkpoint(out, model, optimizer, step, rng_state)
-            print(f"\ninterrupted at step {step}; checkpoint saved, continue with --resume")
+            save_checkpoint(Path(cfg.out), run.model, run.optimizer, run.step, run.rng_state)
+            print(f"\ninterrupted at step {run.step}; checkpoint saved, continue with --resume")
         raise
     finally:
         bar.close()
-        if writer is not None:
-            writer.flush()
-    folder = out / "model"
+        if run.writer is not None:
+            run.writer.flush()
+    folder = Path(cfg.out) / "model"
     if rank == 0:
         with local_statistics():
-            finish(model, cfg, folder, writer, train_clips)
-        writer.close()
+            finish(run.model, cfg, folder, run.writer, run.train_clips)
+        run.writer.close()
     if dist.is_initialized():
         dist.barrier()
     return folder
+
+
+def run_steps(run: Run, module: torch.nn.Module, part: slice, cfg: TrainConfig, bar: Any) -> None:
+    """Steps from ``run.step`` to ``cfg.steps``; process 0 logs, validates and checkpoints on their schedules."""
+    leader = run.writer is not None  # process 0
+    tick, clips_done = time.perf_counter(), 0
+    while run.step < cfg.steps:
+        lr = lr_at(run.step, cfg)
+        out_step, grad_norm = optimize(run, module, part, lr, cfg)
+        run.step += 1
+        run.rng_state = run.rng.bit_generator.state  # where step ``step + 1`` will draw from
+        clips_done += cfg.batch_size
+        bar.update(1)
+        last = run.step == cfg.steps
+        if leader and (run.step % cfg.log_every == 0 or last):
+            now = time.perf_counter()
+            log_step(run.writer, bar, run.step, out_step, lr, grad_norm, clips_done / (now - tick))
+            tick, clips_done = now, 0
+        if leader and (run.step % cfg.val_every == 0 or last):
+            with local_statistics():
+                validate(run.model, run.train_clips, run.val_clips, cfg, run.writer, run.step)
+        if leader and (run.step % cfg.checkpoint_every == 0 or last):
+            save_checkpoint(Path(cfg.out), run.model, run.optimizer, run.step, run.rng_state)
+
+
+def optimize(
+    run: Run, module: torch.nn.Module, part: slice, lr: float, cfg: TrainConfig
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step at learning rate ``lr``; the step's losses and gradient norm.
+
+    Every process draws the global batch and keeps its ``part``; the forward and
+    backward go through this module's :func:`train_step` (looked up at call time).
+    """
+    batch = run.train_clips.sample(cfg.batch_size)
+    pixels = torch.from_numpy(batch.pixels[part])
+    actions = torch.from_numpy(batch.actions[part])
+    set_lr(run.optimizer, lr)
+    run.optimizer.zero_grad(set_to_none=True)
+    out_step = train_step(module, pixels, actions, sigreg_generator(cfg.seed, run.step))
+    grad_norm = clip_and_step(run.model.parameters(), run.optimizer, cfg.grad_clip)
+    return out_step, grad_norm
+
+
+def log_step(
+    writer: Any,
+    bar: Any,
+    step: int,
+    out_step: dict[str, torch.Tensor],
+    lr: float,
+    grad_norm: torch.Tensor,
+    clips_per_s: float,
+) -> None:
+    """The ``train/...`` scalars of a step, and the loss on the progress bar."""
+    for key in ("loss", "prediction", "sigreg"):
+        writer.add_scalar(f"train/{key}", out_step[key].item(), step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/grad_norm", float(grad_norm), step)
+    writer.add_scalar("train/clips_per_s", clips_per_s, step)
+    bar.set_postfix(loss=f"{out_step['loss'].item():.4f}")
 
 
 def recalibrate(model: LeWM, clips: PushTClips, seed: int, batches: int = 8, batch_size: int = 256) -> None:
@@ -386,6 +423,12 @@ def finish(model: LeWM, cfg: TrainConfig, folder: Path, writer, train_clips: Pus
 
 # ------------------------------------------------------------------ command line
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``leworld train`` up to ``--resume``: the shared ones and LeWM's.
+
+    ``--world-model`` is here so that ``--help`` lists it next to ``--preset``; the
+    ``leworld train`` command picks the trainer by it, and adds the memory model's options
+    (:func:`world_models.memory.train.add_arguments`) and ``--quiet`` after these.
+    """
     defaults = TrainConfig(data="", out="")
     p.add_argument("--data", required=True, help="dataset folder from leworld collect")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, tb/, model/")
@@ -405,78 +448,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per process (0: default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    g = p.add_argument_group(
-        "leworld memory model (--world-model leworld; --preset, --val-every and --probe-steps are LeWM's only)"
-    )
-    g.add_argument("--memory-preset", default="tiny", help="tiny (CPU) or seed (the seed card's sizes)")
-    g.add_argument(
-        "--phase-steps",
-        type=positive_int,
-        nargs=3,
-        metavar=("PRETRAIN", "JOINT", "INFO"),
-        help="steps of phases 1, 2, 3 (default: --steps split 30/50/20 percent)",
-    )
-    g.add_argument("--horizon", type=positive_int, default=8, help="open-loop steps per training window (8)")
-    g.add_argument("--encoder-model", default="pusht-tiny", help="frozen encoder model the latents come from")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def memory_config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~world_models.memory.train.MemoryTrainConfig` of ``--world-model leworld``."""
-    from world_models.memory.model import memory_preset
-    from world_models.memory.train import MemoryTrainConfig
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of ``--world-model lewm``.
 
-    memory_preset(args.memory_preset)  # an unknown name fails here, with the list
-    if not args.lr > 0:
-        raise LeWorldError(f"--lr must be above 0, got {args.lr}")
-    steps = args.phase_steps
-    if steps is None:
-        steps = [max(1, round(args.steps * f)) for f in (0.3, 0.5, 0.2)]
-    return MemoryTrainConfig(
-        data=str(args.data),
-        out=str(args.out),
-        memory_preset=args.memory_preset,
-        phase_steps=tuple(steps),
-        batch_size=args.batch_size,
-        horizon=args.horizon,
-        lr=args.lr,
-        seed=args.seed,
-        encoder_model=args.encoder_model,
-        checkpoint_every=args.checkpoint_every,
-        threads=args.threads,
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Any:
-    """``TrainConfig`` for ``--world-model lewm``, ``MemoryTrainConfig`` for ``leworld``."""
-    if args.world_model == "leworld":
-        return memory_config_from_args(args)
+    Raises:
+        ArgumentError: a batch too small for BatchNorm.
+        LeWorldError: an unknown preset (with the list).
+    """
     if args.batch_size < 2:
-        raise LeWorldError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {args.batch_size}")
+        raise ArgumentError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {args.batch_size}")
     preset(args.preset)  # an unknown name fails here, with the list
     return TrainConfig(
-        data=str(args.data),
-        out=str(args.out),
+        **shared_settings(args),
         preset=args.preset,
         steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
         val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every,
         probe_steps=args.probe_steps,
-        seed=args.seed,
-        threads=args.threads,
         warmup=min(300, max(1, args.steps // 10)),
     )
 
 
 def main() -> None:
-    """Entry point for ``torchrun -m world_models.lewm.train``."""
+    """Entry point for ``torchrun -m world_models.lewm.train`` (the LeWM trainer; ``--world-model lewm`` only)."""
     import sys
 
     parser = argparse.ArgumentParser(prog="world_models.lewm.train", description=__doc__.splitlines()[0])
     add_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args()
+    if args.world_model != "lewm":
+        parser.error("--world-model leworld trains in one process: run leworld train --world-model leworld")
     try:
         train(config_from_args(args), resume=args.resume, progress=not args.quiet)
     except LeWorldError as err:

@@ -1,12 +1,15 @@
-"""LeWorld memory model folders, and the runtime interface over them.
+"""LeWorld memory model folders, the runtime interface over them, and the latents they train on.
 
 A folder holds ``config.json`` (``"kind": "leworld"``, the memory config, the
 frozen encoder model it works with), ``model.safetensors`` (the networks) and
 ``memory.safetensors`` (``words``: uint32 [65536], the memory image with the
 dynamics region written and the history region empty). ``world_models.load``
-on such a folder returns a :class:`LeWorldRuntime`: encode and probe go through
-the encoder model (numba backend), predict and rollout through the memory
-system with hard reads (torch networks, numba bit-memory kernels).
+on such a folder opens the encoder model (:func:`encoder_model_of` names it) and
+returns a :class:`LeWorldRuntime` over both: encode and probe go through the
+encoder model (numba backend unless ``load`` is told ``backend="torch"``),
+predict and rollout through the memory system with hard reads (torch networks,
+numba bit-memory kernels). :func:`encode_dataset` opens an encoder model by name
+and encodes a dataset with it (:func:`world_models.data.latents.encode_episodes`).
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from world_models.backends import open_model
 from world_models.config import ModelConfig
+from world_models.data import latents
 from world_models.errors import LeWorldError
-from world_models.files import atomic_write_bytes
+from world_models.files import atomic_write_bytes, read_safetensors
 from world_models.interface import WorldModel
+from world_models.lewm.folder import atomic_save_tensors, load_state_checked
+from world_models.locate import DEFAULT_MODEL
 from world_models.memory.model import LeWorldMemory, MemoryConfig, count_parameters
 
 KIND = "leworld"
@@ -45,8 +52,6 @@ def save_leworld(folder: Path, model: LeWorldMemory, encoder_model: str, info: d
     """Write a model folder (atomically, file by file)."""
     from safetensors.numpy import save
 
-    from world_models.lewm.folder import atomic_save_tensors
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     encoder = str(Path(encoder_model).resolve()) if Path(encoder_model).is_dir() else str(encoder_model)
@@ -69,8 +74,6 @@ def load_leworld(folder: str | Path) -> tuple[LeWorldMemory, dict[str, Any]]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from world_models.lewm.folder import _load_tensors, load_state_checked
-
     folder = Path(folder)
     if not is_leworld_folder(folder):
         raise LeWorldError(f'{folder}: not a LeWorld memory model folder (config.json with "kind": "leworld")')
@@ -78,7 +81,7 @@ def load_leworld(folder: str | Path) -> tuple[LeWorldMemory, dict[str, Any]]:
     if config.get("format_version") != FORMAT_VERSION:
         raise LeWorldError(f"{folder}: format_version {config.get('format_version')} is not {FORMAT_VERSION}")
     model = LeWorldMemory(MemoryConfig.from_dict(config.get("memory", {}), source=str(folder / "config.json")))
-    load_state_checked(model, _load_tensors(folder / MODEL_FILE), folder / MODEL_FILE)
+    load_state_checked(model, read_safetensors(folder / MODEL_FILE, "pt"), folder / MODEL_FILE)
     try:
         words = load_file(str(folder / MEMORY_FILE))["words"]
     except (SafetensorError, OSError, KeyError) as err:
@@ -90,24 +93,46 @@ def load_leworld(folder: str | Path) -> tuple[LeWorldMemory, dict[str, Any]]:
     return model, config
 
 
+def encoder_model_of(folder: str | Path) -> str:
+    """The encoder model a memory model folder works with (its config.json's ``encoder_model``)."""
+    folder = Path(folder)
+    try:
+        encoder = json.loads((folder / "config.json").read_text()).get("encoder_model")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        encoder = None
+    if not isinstance(encoder, str):
+        raise LeWorldError(f"{folder / 'config.json'}: no 'encoder_model' (the LeWM model whose latents it uses)")
+    return encoder
+
+
+def encode_dataset(
+    dataset_dir: str | Path, model: str | Path = DEFAULT_MODEL, backend: str = "numba", progress: bool = False
+) -> latents.LatentEpisodes:
+    """Encode a ``leworld collect`` dataset with the encoder of ``model`` (a shipped name or model folder) on
+    ``backend`` (``numba``, ``numba-q4`` or ``torch``): :func:`world_models.data.latents.encode_episodes`
+    with the encoder model opened here; ``info`` records ``model`` and ``backend`` as given."""
+    return latents.encode_episodes(dataset_dir, open_model(model, backend), progress, encoder_model=model)
+
+
 class LeWorldRuntime(WorldModel):
     """The runtime interface over a LeWorld memory model folder (stateless per call).
 
     ``config`` is the encoder model's config with ``history`` set to the memory model's context
     (the history region is rebuilt from the ``z_hist`` / ``a_hist`` each call receives).
+
+    Args:
+        folder: the memory model folder.
+        encoder: the frozen encoder model it works with (:func:`encoder_model_of` names it), opened on
+            the backend of the caller's choice: encode and probe go through it.
+        backend: the backend name this runtime reports (``load`` gives what it was asked for; ``torch``,
+            the networks', by default).
     """
 
-    def __init__(self, folder: str | Path, backend: str = "torch") -> None:
-        import world_models
-
+    def __init__(self, folder: str | Path, encoder: WorldModel, backend: str = "torch") -> None:
         self.path = Path(folder)
         self.backend = backend
         self.model, self.meta = load_leworld(self.path)
-        if not isinstance(self.meta.get("encoder_model"), str):
-            raise LeWorldError(
-                f"{self.path / 'config.json'}: no 'encoder_model' (the LeWM model whose latents it uses)"
-            )
-        self.encoder = world_models.load(self.meta["encoder_model"], backend="numba")
+        self.encoder = encoder
         mem = self.model.cfg
         if self.encoder.config.latent_dim != mem.latent_dim:
             raise LeWorldError(

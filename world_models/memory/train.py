@@ -21,8 +21,8 @@ randomness from the seed. The matched-size LeWM baseline trains here too.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import io
 import json
 import math
 import time
@@ -35,19 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from world_models.argtypes import positive_int
 from world_models.config import ModelConfig
 from world_models.data.latents import (
     LatentEpisodes,
     cut_windows,
-    encode_dataset,
     load_latents,
     save_latents,
     window_starts,
 )
-from world_models.errors import LeWorldError
-from world_models.files import atomic_write_bytes
+from world_models.errors import ArgumentError, LeWorldError
 from world_models.lewm.model import Predictor
-from world_models.lewm.train import load_checkpoint, warmup_cosine
 from world_models.memory.model import (
     DYN_RECORDS,
     HIST_WORDS,
@@ -62,40 +60,60 @@ from world_models.memory.model import (
     memory_preset,
     transition_vector,
 )
+from world_models.training import (
+    check_resume,
+    check_settings,
+    clip_and_step,
+    load_checkpoint,
+    log_parameter_counts,
+    restore_rng,
+    set_lr,
+    setting,
+    shared_settings,
+    warmup_cosine,
+    write_checkpoint,
+)
 
-CHECKPOINT = "checkpoint.pt"
 LATENTS_FILE = "latents.safetensors"
 PHASES = (1, 2, 3)
 
 
 @dataclass
 class MemoryTrainConfig:
-    """Settings of a three-phase run (the architecture's live in :class:`MemoryConfig`)."""
+    """Settings of a three-phase run (the architecture's live in :class:`MemoryConfig`).
+
+    A value out of its field's range raises :class:`~world_models.errors.ArgumentError` here.
+    """
 
     data: str
     out: str
     memory_preset: str = "tiny"
-    phase_steps: tuple[int, int, int] = (1000, 2000, 500)
-    batch_size: int = 64
-    horizon: int = 8  # open-loop steps per training window (phases 2, 3)
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    val_fraction: float = 0.1
+    phase_steps: tuple[int, int, int] = setting((1000, 2000, 500), minimum=1)
+    batch_size: int = setting(64, minimum=1)
+    horizon: int = setting(8, minimum=1)  # open-loop steps per training window (phases 2, 3)
+    lr: float = setting(1e-3, above=0.0)
+    weight_decay: float = setting(0.01, minimum=0.0)
+    grad_clip: float = setting(1.0, above=0.0)
+    val_fraction: float = setting(0.1, minimum=0.0)
     seed: int = 0
     encoder_model: str = "pusht-tiny"
-    load_balance_weight: float = 0.01
-    diversity_weight: float = 0.01
-    tau_start: float = 1.0
-    tau_end: float = 0.3
-    log_every: int = 25
-    checkpoint_every: int = 500
-    threads: int = 0
+    load_balance_weight: float = setting(0.01, minimum=0.0)
+    diversity_weight: float = setting(0.01, minimum=0.0)
+    tau_start: float = setting(1.0, above=0.0)
+    tau_end: float = setting(0.3, above=0.0)
+    log_every: int = setting(25, minimum=1)
+    checkpoint_every: int = setting(500, minimum=1)
+    threads: int = setting(0, minimum=0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 # ------------------------------------------------------------------ data
 def load_or_encode(cfg: MemoryTrainConfig, out: Path, progress: bool) -> LatentEpisodes:
     """The dataset's latents: ``OUT/latents.safetensors`` if present, else encoded and written there."""
+    from world_models.memory.runtime import encode_dataset
+
     path = out / LATENTS_FILE
     if path.is_file():
         cached = load_latents(path)
@@ -326,22 +344,91 @@ def measure_usage(model: LeWorldMemory, latents: LatentEpisodes, cfg: MemoryTrai
 
 
 # ------------------------------------------------------------------ checkpoints
-def save_checkpoint(out: Path, model: LeWorldMemory, optimizer, phase: int, step: int, rng: np.random.Generator):
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "dyn_bits": model.dyn_bits,
-            "optimizer": optimizer.state_dict(),
-            "phase": phase,
-            "step": step,
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": json.dumps(rng.bit_generator.state),
-            "memory_config": json.dumps(model.cfg.to_dict()),
-        },
-        buffer,
-    )
-    atomic_write_bytes(out / CHECKPOINT, buffer.getvalue())
+def save_checkpoint(
+    out: Path,
+    model: LeWorldMemory,
+    optimizer: torch.optim.Optimizer,
+    phase: int,
+    step: int,
+    rng: np.random.Generator,
+) -> None:
+    """Write ``OUT/checkpoint.pt``: the model, its dynamics bits, ``optimizer``, where the run is, the RNGs."""
+    payload = {
+        "model": model.state_dict(),
+        "dyn_bits": model.dyn_bits,
+        "optimizer": optimizer.state_dict(),
+        "phase": phase,
+        "step": step,
+        "memory_config": json.dumps(model.cfg.to_dict()),
+    }
+    write_checkpoint(out, payload, rng.bit_generator.state)
+
+
+# ------------------------------------------------------------------ setup
+@dataclass
+class MemoryRun:
+    """A three-phase run, as it goes from step to step and phase to phase."""
+
+    out: Path
+    latents: LatentEpisodes  # all of the dataset's
+    train_lat: LatentEpisodes
+    val_lat: LatentEpisodes
+    dyn: torch.Tensor  # the dynamics region's transitions
+    model: LeWorldMemory
+    rng: np.random.Generator  # the window sampler's
+    generator: torch.Generator  # phase 2's Gumbel noise
+    writer: Any  # the SummaryWriter
+    phase: int  # 1, 2, 3; 4 once all are done
+    step: int  # steps done in ``phase``
+    offset: int  # steps of the phases before ``phase`` (TensorBoard's step is offset + step)
+    state: dict[str, Any] | None  # the checkpoint resumed from, until its phase has started
+    optimizer: torch.optim.Optimizer | None = None  # the current phase's
+    rng_state: dict[str, Any] | None = None  # ``rng`` before the current step's draw
+
+
+def prepare_latents(
+    cfg: MemoryTrainConfig, out: Path, latents: LatentEpisodes | None, progress: bool
+) -> tuple[LatentEpisodes, LatentEpisodes, LatentEpisodes, torch.Tensor]:
+    """All latents, the training and validation split, and the dynamics region's transitions.
+
+    Raises:
+        LeWorldError: the episodes are too short for ``cfg.horizon`` (with the lengths).
+    """
+    if latents is None:
+        latents = load_or_encode(cfg, out, progress)
+    train_lat, val_lat = latents.split(cfg.val_fraction, cfg.seed)
+    window_starts(train_lat, cfg.horizon)  # a dataset too short fails here, with the lengths
+    window_starts(val_lat, cfg.horizon)
+    return latents, train_lat, val_lat, dynamics_transitions(train_lat, cfg.seed)
+
+
+def start_run(cfg: MemoryTrainConfig, latents: LatentEpisodes | None, resume: bool, progress: bool) -> MemoryRun:
+    """Latents, model and RNGs, from the checkpoint in ``OUT`` with ``resume``, from the seed otherwise."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    mcfg = memory_preset(cfg.memory_preset)  # an unknown name fails here, with the list
+    out = Path(cfg.out)
+    ckpt_path = check_resume(out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    latents, train_lat, val_lat, dyn = prepare_latents(cfg, out, latents, progress)
+
+    torch.manual_seed(cfg.seed)
+    model = LeWorldMemory(dataclasses.replace(mcfg, latent_dim=latents.latent_dim))
+    init_weights(model)
+    rng = np.random.default_rng(cfg.seed)
+    phase, step = 1, 0
+    state = load_checkpoint(ckpt_path) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        model.dyn_bits.copy_(state["dyn_bits"])
+        phase, step = int(state["phase"]), int(state["step"])
+        restore_rng(state, rng)
+    writer = SummaryWriter(str(out / "tb"))
+    if state is None:
+        log_parameter_counts(count_parameters(model), writer)
+    generator = torch.Generator().manual_seed(cfg.seed + 17)
+    offset = sum(cfg.phase_steps[: phase - 1])
+    return MemoryRun(out, latents, train_lat, val_lat, dyn, model, rng, generator, writer, phase, step, offset, state)
 
 
 # ------------------------------------------------------------------ main loop
@@ -352,111 +439,120 @@ def train_leworld(
     progress: bool = True,
 ) -> Path:
     """Run the three phases and write ``OUT/model`` (config.json with ``"kind": "leworld"``,
-    model.safetensors, memory.safetensors); returns that folder."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+    model.safetensors, memory.safetensors); returns that folder.
 
-    from world_models.memory.evaluate import hard_soft_gap, open_loop_error
-    from world_models.memory.runtime import save_leworld
+    Setup (:func:`start_run`), each phase (:func:`run_phase`: its steps, then
+    :func:`end_phase`), then :func:`finish`. Ctrl-C saves a checkpoint first.
+    """
+    from tqdm import tqdm
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    mcfg = memory_preset(cfg.memory_preset)  # an unknown name fails here, with the list
-    out = Path(cfg.out)
-    ckpt_path = out / CHECKPOINT
-    if not resume and ckpt_path.exists():
-        raise LeWorldError(f"{out} already holds a training run; pass --resume to continue it or pick another --out")
-    if resume and not ckpt_path.exists():
-        raise LeWorldError(f"{ckpt_path}: no checkpoint to resume from")
-    out.mkdir(parents=True, exist_ok=True)
-    if latents is None:
-        latents = load_or_encode(cfg, out, progress)
-    mcfg = dataclasses.replace(mcfg, latent_dim=latents.latent_dim)
-    train_lat, val_lat = latents.split(cfg.val_fraction, cfg.seed)
-    window_starts(train_lat, cfg.horizon)  # a dataset too short fails here, with the lengths
-    window_starts(val_lat, cfg.horizon)
-    dyn = dynamics_transitions(train_lat, cfg.seed)
-
-    torch.manual_seed(cfg.seed)
-    model = LeWorldMemory(mcfg)
-    init_weights(model)
-    rng = np.random.default_rng(cfg.seed)
-    phase, step = 1, 0
-    state = load_checkpoint(ckpt_path) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        model.dyn_bits.copy_(state["dyn_bits"])
-        phase, step = int(state["phase"]), int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-    writer = SummaryWriter(str(out / "tb"))
-    counts = count_parameters(model)
-    if state is None:
-        print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-        for name, value in counts.items():
-            writer.add_scalar(f"params/{name}", value, 0)
-    generator = torch.Generator().manual_seed(cfg.seed + 17)
-    offset = sum(cfg.phase_steps[: phase - 1])
-    bar = tqdm(total=sum(cfg.phase_steps), initial=offset + step, desc="leworld", unit="step", disable=not progress)
+    run = start_run(cfg, latents, resume, progress)
+    initial = run.offset + run.step
+    bar = tqdm(total=sum(cfg.phase_steps), initial=initial, desc="leworld", unit="step", disable=not progress)
     try:
-        while phase <= 3:
-            total = cfg.phase_steps[phase - 1]
-            if phase >= 2:
-                model.codec.requires_grad_(False)
-            params = trainable(model, phase)
-            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            if state is not None and int(state["phase"]) == phase and step > 0:
-                optimizer.load_state_dict(state["optimizer"])
-            horizon = 1 if phase == 1 else cfg.horizon
-            tick = time.perf_counter()
-            while step < total:
-                rng_state = rng.bit_generator.state
-                batch = sample_windows(train_lat, cfg.batch_size, mcfg.context, horizon, rng)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total, cfg.lr)
-                optimizer.zero_grad(set_to_none=True)
-                losses = phase_step(model, phase, batch, dyn, cfg, step, generator)
-                losses["loss"].backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                step += 1
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == total:
-                    now = time.perf_counter()
-                    for key, value in losses.items():
-                        writer.add_scalar(f"phase{phase}/{key}", float(value.detach()), offset + step)
-                    writer.add_scalar(f"phase{phase}/grad_norm", float(grad_norm), offset + step)
-                    writer.add_scalar(f"phase{phase}/steps_per_s", cfg.log_every / (now - tick), offset + step)
-                    bar.set_postfix(phase=phase, loss=f"{losses['loss'].item():.4f}")
-                    tick = now
-                if step % cfg.checkpoint_every == 0 and step < total:
-                    save_checkpoint(out, model, optimizer, phase, step, rng)
-            if phase == 1:
-                model.write_dynamics(dyn)
-            measure_usage(model, train_lat, cfg)
-            errors = open_loop_error(model, val_lat, horizons=(1, cfg.horizon), seed=cfg.seed, max_windows=256)
-            for key, value in errors["normalised"].items():
-                writer.add_scalar(f"phase{phase}/val_normalised_error_{key}", value, offset + total)
-            offset += total
-            phase, step, state = phase + 1, 0, None
-            save_checkpoint(out, model, optimizer, phase, 0, rng)
+        while run.phase <= 3:
+            run_phase(run, cfg, bar)
     except KeyboardInterrupt:
-        save_checkpoint(out, model, optimizer, phase, step, rng)
-        rng.bit_generator.state = rng_state
-        print(f"\ninterrupted in phase {phase} at step {step}; checkpoint saved, continue with --resume")
+        if run.optimizer is not None:
+            save_checkpoint(run.out, run.model, run.optimizer, run.phase, run.step, run.rng)
+        if run.rng_state is not None:
+            run.rng.bit_generator.state = run.rng_state
+        print(f"\ninterrupted in phase {run.phase} at step {run.step}; checkpoint saved, continue with --resume")
         raise
     finally:
         bar.close()
-    gap = hard_soft_gap(model, val_lat, seed=cfg.seed)
+    return finish(run, cfg)
+
+
+def start_phase(run: MemoryRun, cfg: MemoryTrainConfig) -> list[nn.Parameter]:
+    """Freeze the codec after phase 1, make the phase's optimizer (its state from the checkpoint
+    when resuming inside this phase); the parameters it trains."""
+    if run.phase >= 2:
+        run.model.codec.requires_grad_(False)
+    params = trainable(run.model, run.phase)
+    run.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if run.state is not None and int(run.state["phase"]) == run.phase and run.step > 0:
+        run.optimizer.load_state_dict(run.state["optimizer"])
+    return params
+
+
+def run_phase(run: MemoryRun, cfg: MemoryTrainConfig, bar: Any) -> None:
+    """The steps of ``run.phase`` from ``run.step`` on, logged and checkpointed on their schedules,
+    then :func:`end_phase`."""
+    phase, total = run.phase, cfg.phase_steps[run.phase - 1]
+    params = start_phase(run, cfg)
+    horizon = 1 if phase == 1 else cfg.horizon
+    tick = time.perf_counter()
+    while run.step < total:
+        losses, grad_norm = optimize(run, cfg, params, horizon, total)
+        run.step += 1
+        bar.update(1)
+        if run.step % cfg.log_every == 0 or run.step == total:
+            now = time.perf_counter()
+            log_step(run, losses, grad_norm, cfg.log_every / (now - tick))
+            bar.set_postfix(phase=phase, loss=f"{losses['loss'].item():.4f}")
+            tick = now
+        if run.step % cfg.checkpoint_every == 0 and run.step < total:
+            save_checkpoint(run.out, run.model, run.optimizer, phase, run.step, run.rng)
+    end_phase(run, cfg, total)
+
+
+def optimize(
+    run: MemoryRun, cfg: MemoryTrainConfig, params: list[nn.Parameter], horizon: int, total: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step of ``run.phase`` (of ``total`` steps) on fresh windows; its losses and gradient norm."""
+    run.rng_state = run.rng.bit_generator.state
+    batch = sample_windows(run.train_lat, cfg.batch_size, run.model.cfg.context, horizon, run.rng)
+    set_lr(run.optimizer, lr_at(run.step, total, cfg.lr))
+    run.optimizer.zero_grad(set_to_none=True)
+    losses = phase_step(run.model, run.phase, batch, run.dyn, cfg, run.step, run.generator)
+    losses["loss"].backward()
+    grad_norm = clip_and_step(params, run.optimizer, cfg.grad_clip)
+    return losses, grad_norm
+
+
+def log_step(run: MemoryRun, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor, steps_per_s: float) -> None:
+    """The ``phase{N}/...`` scalars of a step."""
+    at = run.offset + run.step
+    for key, value in losses.items():
+        run.writer.add_scalar(f"phase{run.phase}/{key}", float(value.detach()), at)
+    run.writer.add_scalar(f"phase{run.phase}/grad_norm", float(grad_norm), at)
+    run.writer.add_scalar(f"phase{run.phase}/steps_per_s", steps_per_s, at)
+
+
+def end_phase(run: MemoryRun, cfg: MemoryTrainConfig, total: int) -> None:
+    """After a phase: write the dynamics region (after phase 1), measure SLM usage, log the validation
+    error, and checkpoint the start of the next phase."""
+    from world_models.memory.evaluate import open_loop_error
+
+    if run.phase == 1:
+        run.model.write_dynamics(run.dyn)
+    measure_usage(run.model, run.train_lat, cfg)
+    errors = open_loop_error(run.model, run.val_lat, horizons=(1, cfg.horizon), seed=cfg.seed, max_windows=256)
+    for key, value in errors["normalised"].items():
+        run.writer.add_scalar(f"phase{run.phase}/val_normalised_error_{key}", value, run.offset + total)
+    run.offset += total
+    run.phase, run.step, run.state = run.phase + 1, 0, None
+    save_checkpoint(run.out, run.model, run.optimizer, run.phase, 0, run.rng)
+
+
+def finish(run: MemoryRun, cfg: MemoryTrainConfig) -> Path:
+    """Log the hard/soft read gap on validation and write the model folder; returns it."""
+    from world_models.memory.evaluate import hard_soft_gap
+    from world_models.memory.runtime import save_leworld
+
+    gap = hard_soft_gap(run.model, run.val_lat, seed=cfg.seed)
     for key, value in gap.items():
-        writer.add_scalar(f"eval/hard_soft_{key}", value, offset)
-    writer.close()
-    folder = out / "model"
+        run.writer.add_scalar(f"eval/hard_soft_{key}", value, run.offset)
+    run.writer.close()
+    folder = run.out / "model"
     save_leworld(
         folder,
-        model,
-        encoder_model=latents.info.get("encoder_model", cfg.encoder_model),
-        info={**latents.info, "seed": cfg.seed, "phase_steps": list(cfg.phase_steps), "hard_soft_gap": gap},
+        run.model,
+        encoder_model=run.latents.info.get("encoder_model", cfg.encoder_model),
+        info={**run.latents.info, "seed": cfg.seed, "phase_steps": list(cfg.phase_steps), "hard_soft_gap": gap},
     )
     print(f"hard/soft read gap on validation: {gap}")
     print(f"model written to {folder}")
@@ -478,10 +574,15 @@ class BaselinePredictor(nn.Module):
         z_ctx: torch.Tensor,
         a_ctx: torch.Tensor,
         a_future: torch.Tensor,
-        ctx_valid: torch.Tensor | None = None,
+        *,
         ablation: str | None = None,
         **_: Any,
     ) -> tuple[torch.Tensor, list]:
+        """Open loop under ``a_future`` from the last ``history`` context steps; (predictions, no step outputs).
+
+        The other keywords of :meth:`LeWorldMemory.rollout` (``ctx_valid``, ``mode``, ``routing``, ...)
+        are accepted and have no effect: the baseline has no memory.
+        """
         if ablation is not None:
             raise LeWorldError(f"the LeWM baseline has no ablation {ablation!r}; it takes ablation=None")
         h = self.cfg.history
@@ -540,13 +641,54 @@ def train_baseline(
     c = mcfg.context
     for step in tqdm(range(steps), desc="baseline", disable=not progress):
         batch = sample_windows(train_lat, cfg.batch_size, c, cfg.horizon, rng)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, cfg.lr)
+        set_lr(optimizer, lr_at(step, steps, cfg.lr))
         optimizer.zero_grad(set_to_none=True)
         pred, _ = model.rollout(batch["z"][:, :c], batch["a"][:, :c], batch["a"][:, c : c + cfg.horizon])
         loss = F.mse_loss(pred, batch["z"][:, c : c + cfg.horizon])
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        clip_and_step(model.parameters(), optimizer, cfg.grad_clip)
     model.eval()
     return model
+
+
+# ------------------------------------------------------------------ command line
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The memory model's options of ``leworld train`` (its ``--world-model leworld``), as a group."""
+    g = p.add_argument_group(
+        "leworld memory model (--world-model leworld; --preset, --val-every and --probe-steps are LeWM's only)"
+    )
+    g.add_argument("--memory-preset", default="tiny", help="tiny (CPU) or seed (the seed card's sizes)")
+    g.add_argument(
+        "--phase-steps",
+        type=positive_int,
+        nargs=3,
+        metavar=("PRETRAIN", "JOINT", "INFO"),
+        help="steps of phases 1, 2, 3 (default: --steps split 30/50/20 percent)",
+    )
+    g.add_argument("--horizon", type=positive_int, default=8, help="open-loop steps per training window (8)")
+    g.add_argument("--encoder-model", default="pusht-tiny", help="frozen encoder model the latents come from")
+
+
+def config_from_args(args: argparse.Namespace) -> MemoryTrainConfig:
+    """The :class:`MemoryTrainConfig` of ``leworld train --world-model leworld``.
+
+    Reads the shared options (``--data``, ``--out``, ``--steps``, ``--batch-size``, ``--lr``,
+    ``--seed``, ``--checkpoint-every``, ``--threads``) and those of :func:`add_arguments`.
+
+    Raises:
+        LeWorldError: an unknown memory preset (with the list).
+        ArgumentError: ``--lr`` not above 0.
+    """
+    memory_preset(args.memory_preset)  # an unknown name fails here, with the list
+    if not args.lr > 0:
+        raise ArgumentError(f"--lr must be above 0, got {args.lr}")
+    steps = args.phase_steps
+    if steps is None:
+        steps = [max(1, round(args.steps * f)) for f in (0.3, 0.5, 0.2)]
+    return MemoryTrainConfig(
+        **shared_settings(args),
+        memory_preset=args.memory_preset,
+        phase_steps=tuple(steps),
+        horizon=args.horizon,
+        encoder_model=args.encoder_model,
+    )

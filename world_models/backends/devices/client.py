@@ -27,37 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from world_models.backends.devices.protocol import (
-    ACK_PAYLOAD,
-    HELLO_REQUEST,
-    HELLO_SEQUENCE,
-    HOST_MAX_FRAME,
-    LOAD_REQUEST,
-    LOAD_RESPONSE,
-    MAX_SEQUENCE,
-    OVERHEAD,
-    PROTOCOL_VERSION,
-    RESET_REQUEST,
-    RESET_UNLOAD,
-    Capability,
-    Command,
-    ErrorCode,
-    Frame,
-    FrameDecoder,
-    Hello,
-    LoadOp,
-    ProtocolError,
-    encode_frame,
-    kind_name,
-    max_encoded_size,
-    pack_tensors,
-    tensor_nbytes,
-    unpack_error,
-    unpack_stats,
-    unpack_tensors,
-)
-from world_models.errors import LeWorldError
+from world_models.backends.devices import protocol as wire
+from world_models.backends.devices.protocol import Capability, Command, ErrorCode, Frame, Hello, LoadOp, ProtocolError
+from world_models.errors import ArgumentError, LeWorldError
 from world_models.interface import WorldModel
+from world_models.locate import resolve_lq40
 
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_RETRIES = 3
@@ -67,7 +41,8 @@ DEFAULT_MAX_ACK_S = 60.0  # the most one ACK may extend an attempt's deadline by
 # (which tensor_nbytes of one row leaves out), with ample slack.
 TENSOR_HEADS_ROOM = 64
 POLL_S = 0.02  # pyserial read timeout: how often a waiting call checks its deadline
-HOST_VERSIONS = (PROTOCOL_VERSION, PROTOCOL_VERSION)  # the protocol versions this host speaks
+PORT_HINT = "a device path such as /dev/ttyUSB0, or a pyserial URL such as socket://HOST:PORT"
+HOST_VERSIONS = (wire.PROTOCOL_VERSION, wire.PROTOCOL_VERSION)  # the protocol versions this host speaks
 _SESSIONS = itertools.count(1)
 
 
@@ -113,6 +88,20 @@ def _positive_seconds(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
 
 
+def check_port(port: object, backend: str | None = None) -> str:
+    """The one rule for a device's port: a non-empty string, a device path or a pyserial URL; returns it.
+
+    ``backend`` (``esp32``, ``fpga``) names who needs it in the error.
+
+    Raises:
+        ArgumentError: (a ``LeWorldError`` and a ``ValueError``) when ``port`` is missing or not a string.
+    """
+    if isinstance(port, str) and port:
+        return port
+    who = f"backend {backend!r}" if backend else "a device link"
+    raise ArgumentError(f"{who} needs port= ({PORT_HINT}), got {port!r}")
+
+
 def _check_options(timeout: float, retries: int, baud: int, max_ack_s: float = DEFAULT_MAX_ACK_S) -> None:
     if not _positive_seconds(timeout):
         raise LeWorldError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -146,16 +135,15 @@ class DeviceLink:
         max_ack_s: float = DEFAULT_MAX_ACK_S,
     ) -> None:
         _check_options(timeout, retries, baud, max_ack_s)
-        if not isinstance(port, str) or not port:
-            raise LeWorldError(f"port must be a device path or a pyserial URL such as socket://HOST:PORT, got {port!r}")
-        self.port, self.timeout, self.retries, self.baud = port, float(timeout), retries, baud
+        self.port = check_port(port)
+        self.timeout, self.retries, self.baud = float(timeout), retries, baud
         self.max_ack_s = float(max_ack_s)
         self.session = _new_session()
         self._identity: tuple[int, str] | None = None  # (kind, name) of the first HELLO's device
         self.counters = {"calls": 0, "retries": 0, "reconnects": 0, "bad_frames": 0, "ignored_frames": 0}
         self._seq = 0
         self._serial: Any = None
-        self._decoder = FrameDecoder(HOST_MAX_FRAME)
+        self._decoder = wire.FrameDecoder(wire.HOST_MAX_FRAME)
         self._open()
         try:
             self.info = self.hello()
@@ -172,10 +160,7 @@ class DeviceLink:
                 self.port, baudrate=self.baud, timeout=POLL_S, write_timeout=self.timeout + 1.0
             )
         except (serial.SerialException, ValueError, OSError) as err:
-            raise DeviceError(
-                f"cannot open port {self.port!r} ({err}); expected a serial device such as /dev/ttyUSB0 "
-                "or a pyserial URL such as socket://HOST:PORT"
-            ) from None
+            raise DeviceError(f"cannot open port {self.port!r} ({err}); expected {PORT_HINT}") from None
         self._decoder.reset()
         try:
             self._serial.reset_input_buffer()
@@ -256,8 +241,8 @@ class DeviceLink:
                     self.counters["ignored_frames"] += 1  # an echo, a late answer to an earlier call
                     continue
                 if frame.is_ack:
-                    if not extended and len(frame.payload) == ACK_PAYLOAD.size:
-                        (ms,) = ACK_PAYLOAD.unpack(frame.payload)
+                    if not extended and len(frame.payload) == wire.ACK_PAYLOAD.size:
+                        (ms,) = wire.ACK_PAYLOAD.unpack(frame.payload)
                         extra = min(ms / 1000.0, self.max_ack_s)
                         deadline = max(deadline, time.monotonic() + self.timeout + extra)
                         extended = True
@@ -275,7 +260,7 @@ class DeviceLink:
             self._open()
         except DeviceError as err:
             raise _LinkDown(str(err)) from None
-        reply = self._attempt(Command.HELLO, HELLO_SEQUENCE, self._hello_frame(), 64)
+        reply = self._attempt(Command.HELLO, wire.HELLO_SEQUENCE, self._hello_frame(), 64)
         if reply is None:
             raise _LinkDown("no answer to HELLO after reopening the port")
         try:
@@ -285,7 +270,7 @@ class DeviceLink:
             raise
 
     def _exchange(self, command: int, seq: int, payload: bytes, answer_bytes: int) -> Frame:
-        data = encode_frame(Frame(command, seq, payload))
+        data = wire.encode_frame(Frame(command, seq, payload))
         name = Command(command).name
         problem = ""
         for attempt in range(self.retries + 1):
@@ -313,7 +298,7 @@ class DeviceLink:
     def _raise_for_error(self, reply: Frame, name: str) -> None:
         if reply.is_error:
             try:
-                code, message = unpack_error(reply.payload)
+                code, message = wire.unpack_error(reply.payload)
             except ProtocolError as err:
                 raise DeviceError(f"the device at {self.port!r} sent a malformed error to {name}: {err}") from None
             label = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
@@ -325,8 +310,8 @@ class DeviceLink:
         ``answer_bytes``: the size of the expected response, for the wire-time allowance.
         """
         if command == Command.HELLO:
-            raise ValueError("use hello() for HELLO")
-        if self._seq >= MAX_SEQUENCE:
+            raise ArgumentError("use hello() for HELLO")
+        if self._seq >= wire.MAX_SEQUENCE:
             # The device refuses sequence numbers at or below the last one run, so numbering cannot
             # wrap within a session: start a new one (the device then starts counting afresh).
             self.session = _new_session()
@@ -341,10 +326,10 @@ class DeviceLink:
 
     # ------------------------------------------------------------------ HELLO and friends
     def _hello_payload(self) -> bytes:
-        return HELLO_REQUEST.pack(*HOST_VERSIONS, 0, self.session)
+        return wire.HELLO_REQUEST.pack(*HOST_VERSIONS, 0, self.session)
 
     def _hello_frame(self) -> bytes:
-        return encode_frame(Frame(Command.HELLO, HELLO_SEQUENCE, self._hello_payload()))
+        return wire.encode_frame(Frame(Command.HELLO, wire.HELLO_SEQUENCE, self._hello_payload()))
 
     def _check_hello(self, reply: Frame) -> Hello:
         self._raise_for_error(reply, "HELLO")
@@ -358,7 +343,7 @@ class DeviceLink:
                 f"{HOST_VERSIONS[0]} to {HOST_VERSIONS[1]}: update the firmware or leworld",
                 ErrorCode.UNSUPPORTED_VERSION,
             )
-        if not OVERHEAD + 64 <= info.max_frame <= HOST_MAX_FRAME:
+        if not wire.OVERHEAD + 64 <= info.max_frame <= wire.HOST_MAX_FRAME:
             raise DeviceError(f"the device at {self.port!r} claims an unusable largest frame of {info.max_frame} bytes")
         if self._identity is None:
             self._identity = (info.kind, info.name)
@@ -366,10 +351,10 @@ class DeviceLink:
             kind, name = self._identity
             raise DeviceError(
                 f"another device answers at {self.port!r}: {info.kind_name} ({info.name}), where this link "
-                f"was opened to {kind_name(kind)} ({name}); open a new link"
+                f"was opened to {wire.kind_name(kind)} ({name}); open a new link"
             )
         if self._serial is not None:
-            self._serial.write_timeout = self.timeout + self._wire_s(max_encoded_size(info.max_frame) + 1)
+            self._serial.write_timeout = self.timeout + self._wire_s(wire.max_encoded_size(info.max_frame) + 1)
         return info
 
     def hello(self) -> Hello:
@@ -377,20 +362,20 @@ class DeviceLink:
 
         Raises :class:`DeviceError` when a device of another kind or name answers than the first HELLO's.
         """
-        reply = self._exchange(Command.HELLO, HELLO_SEQUENCE, self._hello_payload(), 64)
+        reply = self._exchange(Command.HELLO, wire.HELLO_SEQUENCE, self._hello_payload(), 64)
         self.info = self._check_hello(reply)
         return self.info
 
     def stats(self) -> dict[str, int]:
         """The device's counters (STATS)."""
         try:
-            return unpack_stats(self.call(Command.STATS, b"", 4096))
+            return wire.unpack_stats(self.call(Command.STATS, b"", 4096))
         except ProtocolError as err:
             raise DeviceError(f"the device at {self.port!r} sent malformed STATS: {err}") from None
 
     def reset(self, unload: bool = False) -> None:
         """RESET: drop the device's response cache, any partial model transfer and its counters."""
-        self.call(Command.RESET, RESET_REQUEST.pack(RESET_UNLOAD if unload else 0))
+        self.call(Command.RESET, wire.RESET_REQUEST.pack(wire.RESET_UNLOAD if unload else 0))
 
     def load_model(self, blob: bytes, chunk: int | None = None) -> int:
         """Send an ``.lq40`` in chunks (resuming a transfer of the same file); returns the bytes sent."""
@@ -400,7 +385,7 @@ class DeviceLink:
                 f"the model is {size} bytes; the device at {self.port!r} holds at most {self.info.max_model}",
                 ErrorCode.TOO_LARGE,
             )
-        largest = self.info.max_frame - OVERHEAD - LOAD_REQUEST.size
+        largest = self.info.max_frame - wire.OVERHEAD - wire.LOAD_REQUEST.size
         chunk = largest if chunk is None else max(1, min(chunk, largest))
         held = self._load_step(LoadOp.BEGIN, size, crc, b"", size)
         sent = 0
@@ -420,13 +405,13 @@ class DeviceLink:
 
     def _load_step(self, op: LoadOp, first: int, crc: int, data: bytes, size: int) -> int:
         """One LOAD_MODEL call; the bytes the device holds, checked (a malformed answer is a DeviceError)."""
-        reply = self.call(Command.LOAD_MODEL, LOAD_REQUEST.pack(op, first, crc) + data)
-        if len(reply) != LOAD_RESPONSE.size:
+        reply = self.call(Command.LOAD_MODEL, wire.LOAD_REQUEST.pack(op, first, crc) + data)
+        if len(reply) != wire.LOAD_RESPONSE.size:
             raise DeviceError(
                 f"the device at {self.port!r} sent a malformed LOAD_MODEL {op.name} answer: {len(reply)} bytes, "
-                f"expected {LOAD_RESPONSE.size}"
+                f"expected {wire.LOAD_RESPONSE.size}"
             )
-        held, echoed = LOAD_RESPONSE.unpack(reply)
+        held, echoed = wire.LOAD_RESPONSE.unpack(reply)
         if echoed != crc or held > size:
             raise DeviceError(
                 f"the device at {self.port!r} answered LOAD_MODEL {op.name} with {held} bytes held of CRC-32 "
@@ -445,16 +430,8 @@ class DeviceWorldModel(WorldModel):
     frame are split into several calls (rows are independent).
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        backend: str,
-        port: str,
-        timeout: float = DEFAULT_TIMEOUT,
-        retries: int = DEFAULT_RETRIES,
-        baud: int = DEFAULT_BAUD,
-        max_ack_s: float = DEFAULT_MAX_ACK_S,
-    ) -> None:
+    def __init__(self, path: str | Path, backend: str, port: str, **link_options: float) -> None:
+        """``link_options``: :class:`DeviceLink`'s ``timeout``, ``retries``, ``baud`` and ``max_ack_s``."""
         from world_models.backends.numba_engine import NumbaWorldModel
 
         self.path = Path(path)
@@ -463,7 +440,7 @@ class DeviceWorldModel(WorldModel):
         self.config = self.local.config
         self.has_probe = self.local.has_probe
         self._blob = self.path.read_bytes()
-        self.link = DeviceLink(port, timeout, retries, baud, max_ack_s)
+        self.link = DeviceLink(port, **link_options)
         try:
             if self.link.info.kind_name != backend:
                 raise DeviceError(
@@ -512,23 +489,23 @@ class DeviceWorldModel(WorldModel):
 
     def _rows_per_call(self, inputs: list[np.ndarray], answer_shape: tuple[int, ...]) -> int:
         """How many rows of ``inputs`` (and their answers) fit one frame; 0 when not even one does."""
-        request_row = sum(tensor_nbytes(x.shape[1:], x.dtype) for x in inputs)
-        answer_row = tensor_nbytes(answer_shape, np.float32)
-        room = self.link.info.max_frame - OVERHEAD - TENSOR_HEADS_ROOM
+        request_row = sum(wire.tensor_nbytes(x.shape[1:], x.dtype) for x in inputs)
+        answer_row = wire.tensor_nbytes(answer_shape, np.float32)
+        room = self.link.info.max_frame - wire.OVERHEAD - TENSOR_HEADS_ROOM
         return max(0, room // max(request_row, answer_row, 1))
 
     def _batched(self, command: Command, inputs: list[np.ndarray], answer_shape: tuple[int, ...]) -> np.ndarray:
         """Run ``command`` over row slices of ``inputs`` that fit a frame; the answers stacked [B, *answer_shape]."""
         batch = inputs[0].shape[0]
-        answer_row = tensor_nbytes(answer_shape, np.float32)
+        answer_row = wire.tensor_nbytes(answer_shape, np.float32)
         rows = self._rows_per_call(inputs, answer_shape)
         out = np.empty((batch, *answer_shape), np.float32)
         for start in range(0, batch, rows):
             part = [x[start : start + rows] for x in inputs]
             n = part[0].shape[0]
-            reply = self._call(command, pack_tensors(*part), n * answer_row)
+            reply = self._call(command, wire.pack_tensors(*part), n * answer_row)
             try:
-                (result,) = unpack_tensors(reply, 1)
+                (result,) = wire.unpack_tensors(reply, 1)
             except ProtocolError as err:
                 raise DeviceError(
                     f"the device at {self.link.port!r} sent a malformed {command.name} answer: {err}"
@@ -567,8 +544,6 @@ class DeviceWorldModel(WorldModel):
 
 def open_device_model(name_or_path: str | Path, backend: str, port: str | None, **options: Any) -> DeviceWorldModel:
     """``load(name_or_path, backend="esp32" | "fpga", port=..., timeout=..., retries=..., baud=..., max_ack_s=...)``."""
-    from world_models.runtime import resolve_lq40
-
     known = {"timeout", "retries", "baud", "max_ack_s"}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -576,9 +551,5 @@ def open_device_model(name_or_path: str | Path, backend: str, port: str | None, 
             f"backend {backend!r} takes port=, timeout=, retries=, baud= and max_ack_s=, got unknown "
             f"{', '.join(unknown)}"
         )
-    if not port:
-        raise LeWorldError(
-            f"backend {backend!r} needs port= (a device path such as /dev/ttyUSB0, or a pyserial URL "
-            "such as socket://HOST:PORT)"
-        )
+    port = check_port(port, backend)
     return DeviceWorldModel(resolve_lq40(name_or_path, backend), backend, port, **options)

@@ -29,37 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from world_models.backends.devices.protocol import (
-    ACK_PAYLOAD,
-    DEFAULT_MAX_FRAME,
-    HELLO_REQUEST,
-    LOAD_REQUEST,
-    LOAD_RESPONSE,
-    OVERHEAD,
-    PROTOCOL_VERSION,
-    RESET_REQUEST,
-    RESET_UNLOAD,
-    Capability,
-    Command,
-    DeviceKind,
-    ErrorCode,
-    Flag,
-    Frame,
-    FrameDecoder,
-    Hello,
-    LoadOp,
-    ProtocolError,
-    encode_frame,
-    max_encoded_size,
-    pack_error,
-    pack_stats,
-    pack_tensors,
-    pack_version,
-    unpack_tensors,
-)
+from world_models.backends.devices import protocol as wire
+from world_models.backends.devices.protocol import Capability, Command, ErrorCode, Frame, Hello, LoadOp, ProtocolError
 from world_models.backends.devices.transports import PtyTransport, TcpTransport, Transport
 from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
+from world_models.locate import resolve_lq40
 
 KINDS = ("esp32", "fpga")
 CACHE_SIZE = 16  # responses kept per session for retried sequence numbers
@@ -209,7 +184,7 @@ class Device:
         model: Path | None = None,
         latency: LatencyModel | None = None,
         baud: int | None = None,
-        max_frame: int = DEFAULT_MAX_FRAME,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
     ) -> None:
         if kind not in KINDS:
             raise LeWorldError(f"unknown device kind {kind!r}; choose one of: {', '.join(KINDS)}")
@@ -280,10 +255,10 @@ class Device:
     def hello(self) -> Hello:
         """What this device says in answer to HELLO (version, kind, capabilities, limits, model held)."""
         return Hello(
-            PROTOCOL_VERSION,
-            int(DeviceKind.ESP32 if self.kind == "esp32" else DeviceKind.FPGA),
+            wire.PROTOCOL_VERSION,
+            int(wire.DeviceKind.ESP32 if self.kind == "esp32" else wire.DeviceKind.FPGA),
             int(self.capabilities),
-            pack_version(*FIRMWARE),
+            wire.pack_version(*FIRMWARE),
             self.max_frame,
             MAX_MODEL,
             self.model_size,
@@ -305,8 +280,10 @@ class Device:
             if frame.is_response:
                 self.count("frames_ignored")  # an echo or another device's frame
                 return
-            if frame.version != PROTOCOL_VERSION:
-                message = f"protocol version {frame.version} is not spoken here; this device speaks {PROTOCOL_VERSION}"
+            if frame.version != wire.PROTOCOL_VERSION:
+                message = (
+                    f"protocol version {frame.version} is not spoken here; this device speaks {wire.PROTOCOL_VERSION}"
+                )
                 send(self._error(frame, ErrorCode.UNSUPPORTED_VERSION, message))
                 return
             if frame.command == Command.HELLO:
@@ -332,19 +309,19 @@ class Device:
 
     def _reply(self, frame: Frame, payload: bytes, flags: int = 0) -> bytes:
         self.count("frames_out")
-        return encode_frame(Frame(frame.command, frame.seq, payload, Flag.RESPONSE | flags))
+        return wire.encode_frame(Frame(frame.command, frame.seq, payload, wire.Flag.RESPONSE | flags))
 
     def _error(self, frame: Frame, code: ErrorCode, message: str) -> bytes:
         self.count("errors")
-        return self._reply(frame, pack_error(code, message), Flag.ERROR)
+        return self._reply(frame, wire.pack_error(code, message), wire.Flag.ERROR)
 
     def _hello(self, frame: Frame) -> bytes:
         self.count("hello")
-        if len(frame.payload) != HELLO_REQUEST.size:
-            return self._error(frame, ErrorCode.BAD_PAYLOAD, f"HELLO takes {HELLO_REQUEST.size} bytes")
-        low, high, _, session = HELLO_REQUEST.unpack(frame.payload)
-        if not low <= PROTOCOL_VERSION <= high:
-            message = f"the host speaks versions {low} to {high}; this device speaks {PROTOCOL_VERSION}"
+        if len(frame.payload) != wire.HELLO_REQUEST.size:
+            return self._error(frame, ErrorCode.BAD_PAYLOAD, f"HELLO takes {wire.HELLO_REQUEST.size} bytes")
+        low, high, _, session = wire.HELLO_REQUEST.unpack(frame.payload)
+        if not low <= wire.PROTOCOL_VERSION <= high:
+            message = f"the host speaks versions {low} to {high}; this device speaks {wire.PROTOCOL_VERSION}"
             return self._error(frame, ErrorCode.UNSUPPORTED_VERSION, message)
         if session != self.session:  # another host, or one coming back: switch to its session's state
             if session in self.sessions:
@@ -374,7 +351,7 @@ class Device:
 
         def ack(ms: float) -> None:
             if ms >= ACK_MIN_MS:
-                send(self._reply(frame, ACK_PAYLOAD.pack(min(int(ms), 0xFFFFFFFF)), Flag.ACK))
+                send(self._reply(frame, wire.ACK_PAYLOAD.pack(min(int(ms), 0xFFFFFFFF)), wire.Flag.ACK))
 
         try:
             payload = handler(frame.payload, ack)
@@ -386,7 +363,7 @@ class Device:
             return self._error(frame, ErrorCode.BAD_INPUT, str(err))
         except Exception as err:  # a device answers; it does not crash on a bad request
             return self._error(frame, ErrorCode.INTERNAL, f"{type(err).__name__}: {err}")
-        if len(payload) + OVERHEAD > self.max_frame:
+        if len(payload) + wire.OVERHEAD > self.max_frame:
             return self._error(frame, ErrorCode.TOO_LARGE, f"the answer ({len(payload)} bytes) exceeds the frame")
         return self._reply(frame, payload)
 
@@ -407,16 +384,16 @@ class Device:
         self.model_size, self.model_crc = len(blob), zlib.crc32(blob)
 
     def _load(self, payload: bytes, ack: Callable[[float], None]) -> bytes:
-        if len(payload) < LOAD_REQUEST.size:
-            raise ProtocolError(f"LOAD_MODEL takes at least {LOAD_REQUEST.size} bytes")
-        op, first, crc = LOAD_REQUEST.unpack_from(payload)
-        data = payload[LOAD_REQUEST.size :]
+        if len(payload) < wire.LOAD_REQUEST.size:
+            raise ProtocolError(f"LOAD_MODEL takes at least {wire.LOAD_REQUEST.size} bytes")
+        op, first, crc = wire.LOAD_REQUEST.unpack_from(payload)
+        data = payload[wire.LOAD_REQUEST.size :]
         if op == LoadOp.BEGIN:
             if first > MAX_MODEL:
                 raise CommandError(ErrorCode.TOO_LARGE, f"a model of {first} bytes; this device holds {MAX_MODEL}")
             if self._partial_id != (first, crc):  # a new transfer; the same one resumes where it stopped
                 self._partial_id, self._partial = (first, crc), bytearray()
-            return LOAD_RESPONSE.pack(len(self._partial), crc)
+            return wire.LOAD_RESPONSE.pack(len(self._partial), crc)
         if self._partial_id is None or self._partial_id[1] != crc:
             raise CommandError(ErrorCode.LOAD_OFFSET, f"no transfer of CRC-32 {crc:08x} in progress; send BEGIN")
         size = self._partial_id[0]
@@ -427,14 +404,14 @@ class Device:
                 raise CommandError(ErrorCode.TOO_LARGE, f"chunk runs past the announced size {size}")
             self._partial += data
             self.count("load_bytes", len(data))
-            return LOAD_RESPONSE.pack(len(self._partial), crc)
+            return wire.LOAD_RESPONSE.pack(len(self._partial), crc)
         if op == LoadOp.COMMIT:
             blob, self._partial, self._partial_id = bytes(self._partial), bytearray(), None
             if len(blob) != size or zlib.crc32(blob) != crc:
                 message = f"received {len(blob)} of {size} bytes with CRC-32 {zlib.crc32(blob):08x}, expected {crc:08x}"
                 raise CommandError(ErrorCode.LOAD_CHECKSUM, message + "; send BEGIN again")
             self._install(blob, "the loaded model", ack)
-            return LOAD_RESPONSE.pack(len(blob), crc)
+            return wire.LOAD_RESPONSE.pack(len(blob), crc)
         raise ProtocolError(f"unknown LOAD_MODEL operation {op}")
 
     def _model(self) -> tuple[Any, ModelConfig]:
@@ -453,7 +430,7 @@ class Device:
         return z[:, -cfg.history :], a[:, -cfg.history :]
 
     def _respond_after(self, start: float, compute_ms: float, result: np.ndarray) -> bytes:
-        payload = pack_tensors(result.astype(np.float32, copy=False))
+        payload = wire.pack_tensors(result.astype(np.float32, copy=False))
         remaining = compute_ms / 1000.0 - (time.monotonic() - start)
         if remaining > 0:
             self._interrupt.wait(remaining)
@@ -461,7 +438,7 @@ class Device:
 
     def _predict(self, payload: bytes, ack: Callable[[float], None]) -> bytes:
         engine, cfg = self._model()
-        z, a = self._histories(*unpack_tensors(payload, 2), cfg)
+        z, a = self._histories(*wire.unpack_tensors(payload, 2), cfg)
         ms = self.latency.predict_ms(cfg) * z.shape[0]
         ack(ms + 1000 * link_seconds(z.shape[0] * cfg.latent_dim * 4, self.baud))
         start = time.monotonic()
@@ -470,7 +447,7 @@ class Device:
 
     def _rollout(self, payload: bytes, ack: Callable[[float], None]) -> bytes:
         engine, cfg = self._model()
-        z, a, future = unpack_tensors(payload, 3)
+        z, a, future = wire.unpack_tensors(payload, 3)
         z, a = self._histories(z, a, cfg)
         if future.dtype != np.float32 or future.ndim != 3 or future.shape[0] != z.shape[0]:
             raise CommandError(ErrorCode.BAD_INPUT, f"a_future must be float32 [{z.shape[0]}, H, {cfg.action_dim}]")
@@ -487,7 +464,7 @@ class Device:
         if not self.capabilities & Capability.ENCODE:
             raise CommandError(ErrorCode.UNSUPPORTED, f"the {self.kind} device does not encode frames")
         engine, cfg = self._model()
-        (pixels,) = unpack_tensors(payload, 1)
+        (pixels,) = wire.unpack_tensors(payload, 1)
         size = cfg.image_size
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
             raise CommandError(ErrorCode.BAD_INPUT, f"pixels must be uint8 [B, {size}, {size}, 3]")
@@ -500,18 +477,18 @@ class Device:
     def _stats(self, payload: bytes, ack: Callable[[float], None]) -> bytes:
         if payload:
             raise ProtocolError("STATS takes no payload")
-        return pack_stats(self.stats())
+        return wire.pack_stats(self.stats())
 
     def _reset(self, payload: bytes, ack: Callable[[float], None]) -> bytes:
-        if len(payload) != RESET_REQUEST.size:
-            raise ProtocolError(f"RESET takes {RESET_REQUEST.size} byte")
-        (flags,) = RESET_REQUEST.unpack(payload)
+        if len(payload) != wire.RESET_REQUEST.size:
+            raise ProtocolError(f"RESET takes {wire.RESET_REQUEST.size} byte")
+        (flags,) = wire.RESET_REQUEST.unpack(payload)
         for state in self.sessions.values():  # every session's responses (not their sequence numbers);
             state.cache.clear()  # this command's own answer is cached again by handle()
         self._partial, self._partial_id = bytearray(), None
         self.counters.clear()
         self._started = time.monotonic()
-        if flags & RESET_UNLOAD:
+        if flags & wire.RESET_UNLOAD:
             self.engine, self.config, self.model_size, self.model_crc = None, None, 0, 0
         return b""
 
@@ -541,7 +518,7 @@ class Emulator:
 
     def serve_forever(self) -> None:
         """Answer frames until :meth:`stop` or until the transport closes."""
-        decoder = FrameDecoder(self.device.max_frame)
+        decoder = wire.FrameDecoder(self.device.max_frame)
         generation = self.transport.generation
         while not self._stop.is_set():
             data = self.transport.recv(0.05)
@@ -562,7 +539,7 @@ class Emulator:
                     continue
                 if frame is None:
                     break
-                self._stop.wait(link_seconds(max_encoded_size(len(frame.payload) + OVERHEAD) + 1, self.baud))
+                self._stop.wait(link_seconds(wire.max_encoded_size(len(frame.payload) + wire.OVERHEAD) + 1, self.baud))
                 self.device.handle(frame, self._send)
 
     def start(self) -> Emulator:
@@ -615,7 +592,7 @@ def make_emulator(
     baud: int | None = None,
     tcp: int | None = None,
     faults: Any = None,
-    max_frame: int = DEFAULT_MAX_FRAME,
+    max_frame: int = wire.DEFAULT_MAX_FRAME,
 ) -> Emulator:
     """An emulator (not yet started) on a new pty, or on TCP port ``tcp`` (0: any free port).
 
@@ -631,8 +608,6 @@ def make_emulator(
         )
     path = None
     if model is not None:
-        from world_models.runtime import resolve_lq40
-
         path = resolve_lq40(model)
     device = Device(kind, path, LatencyModel.preset(latency), baud, max_frame)
     try:
@@ -643,5 +618,5 @@ def make_emulator(
     if faults is not None:
         from world_models.backends.devices.faults import FaultyTransport
 
-        transport = FaultyTransport(transport, faults, max_encoded_size(max_frame) + 1)
+        transport = FaultyTransport(transport, faults, wire.max_encoded_size(max_frame) + 1)
     return Emulator(device, transport, baud)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from world_models.backends.devices.transports import Transport
+from world_models.errors import ArgumentError
 
 DIRECTIONS = {"in": 0, "out": 1}  # host to device, device to host
 FAULTS = ("drop", "corrupt", "delay", "duplicate")
@@ -55,11 +56,11 @@ class FaultPlan:
     def __post_init__(self) -> None:
         for name in ("drop", "corrupt", "duplicate", "delay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+                raise ArgumentError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if self.directions not in ("in", "out", "both"):
-            raise ValueError(f"directions must be 'in', 'out' or 'both', got {self.directions!r}")
+            raise ArgumentError(f"directions must be 'in', 'out' or 'both', got {self.directions!r}")
         if self.die_after is not None and self.disconnect_after is not None:
-            raise ValueError("give die_after or disconnect_after, not both")
+            raise ArgumentError("give die_after or disconnect_after, not both")
 
     def rng(self, direction: str, number: int) -> np.random.Generator:
         """The generator of frame ``number`` (1-based) in ``direction``: seeded by (seed, direction, number)."""
@@ -87,7 +88,7 @@ class FaultyTransport:
 
     def __init__(self, inner: Transport, plan: FaultPlan, max_pending: int = DEFAULT_MAX_PENDING) -> None:
         if plan.disconnect_after is not None and not hasattr(inner, "drop_connection"):
-            raise ValueError(
+            raise ArgumentError(
                 "FaultPlan(disconnect_after=...) needs a transport with connections (TCP); "
                 f"{type(inner).__name__} has none (use die_after for a device that goes away)"
             )

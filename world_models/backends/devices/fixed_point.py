@@ -28,9 +28,13 @@ from typing import Any
 import numpy as np
 
 from numba_kernels import fixed_point as fx
+from numba_kernels.linear import QLinear
+from world_models.backends.layout import check_tensors, linear_shapes
+from world_models.backends.lq40 import read_model
 from world_models.config import ModelConfig
-from world_models.errors import LeWorldError
+from world_models.errors import ArgumentError, LeWorldError
 from world_models.interface import check_history, check_sequence
+from world_models.locate import resolve_lq40
 
 DEFAULT_FRAC_BITS = 16
 # Predictor layers and the weight formats the fixed-point engine takes for them.
@@ -89,13 +93,8 @@ class FixedPointPredictor:
                 (every ``predictor.blocks.*`` layer Q4_0; the rest Q4_0, Q8_0 or INT8).
             ValueError: ``frac_bits`` outside 6..24.
         """
-        from numba_kernels.linear import QLinear
-        from world_models.backends.lq40 import read_model
-        from world_models.backends.numba_engine import check_tensors, linear_shapes
-        from world_models.runtime import resolve_lq40
-
         if not fx.MIN_FRAC_BITS <= int(frac_bits) <= fx.MAX_FRAC_BITS:
-            raise ValueError(f"frac_bits must be in {fx.MIN_FRAC_BITS}..{fx.MAX_FRAC_BITS}, got {frac_bits}")
+            raise ArgumentError(f"frac_bits must be in {fx.MIN_FRAC_BITS}..{fx.MAX_FRAC_BITS}, got {frac_bits}")
         path = resolve_lq40(path)
         cfg, linears, tensors, _header = read_model(path)
         probe = linears["probe.net.0"].out_features if "probe.net.0" in linears else None
@@ -122,7 +121,7 @@ class FixedPointPredictor:
     # ------------------------------------------------------------ input checks
     def _in_range(self, name: str, x: np.ndarray) -> np.ndarray:
         if np.any(np.abs(x) >= self.input_limit):
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} holds values outside the fixed-point range (|x| < {self.input_limit:g} "
                 f"at {self.frac_bits} fraction bits)"
             )
@@ -157,15 +156,17 @@ class FixedPointPredictor:
         z, a = self._history(z_hist, a_hist)
         future = self._in_range("a_future", check_sequence("a_future", a_future, self.config.action_dim))
         if future.shape[0] != z.shape[0]:
-            raise ValueError(f"a_future has batch {future.shape[0]}, z_hist has {z.shape[0]}")
+            raise ArgumentError(f"a_future has batch {future.shape[0]}, z_hist has {z.shape[0]}")
         return self.to_float(self.rollout_fixed(z, a, self.quantize(future)))
 
     # ------------------------------------------------------------ integer level
     def _fixed(self, name: str, q: np.ndarray, last: int, batch: int | None = None) -> np.ndarray:
         if not isinstance(q, np.ndarray) or q.dtype != np.int32 or q.ndim != 3 or q.shape[2] != last or q.shape[1] < 1:
-            raise ValueError(f"{name} must be int32 [B, T, {last}], got {getattr(q, 'dtype', type(q))} {np.shape(q)}")
+            raise ArgumentError(
+                f"{name} must be int32 [B, T, {last}], got {getattr(q, 'dtype', type(q))} {np.shape(q)}"
+            )
         if batch is not None and q.shape[0] != batch:
-            raise ValueError(f"{name} has batch {q.shape[0]}, expected {batch}")
+            raise ArgumentError(f"{name} has batch {q.shape[0]}, expected {batch}")
         return np.ascontiguousarray(q)
 
     def predict_fixed(self, z_q: np.ndarray, a_q: np.ndarray) -> np.ndarray:
@@ -174,7 +175,7 @@ class FixedPointPredictor:
         z_q = self._fixed("z_q", z_q, self.config.latent_dim)[:, -h:]
         a_q = self._fixed("a_q", a_q, self.config.action_dim, z_q.shape[0])[:, -h:]
         if z_q.shape[1] != a_q.shape[1]:
-            raise ValueError(f"z_q and a_q must agree on T, got {z_q.shape[1]} and {a_q.shape[1]}")
+            raise ArgumentError(f"z_q and a_q must agree on T, got {z_q.shape[1]} and {a_q.shape[1]}")
         return self._predict_tokens(*self._tokens(z_q, a_q))
 
     def rollout_fixed(self, z_q: np.ndarray, a_q: np.ndarray, future_q: np.ndarray) -> np.ndarray:
@@ -188,7 +189,7 @@ class FixedPointPredictor:
         a_q = self._fixed("a_q", a_q, self.config.action_dim, z_q.shape[0])[:, -hist:]
         future_q = self._fixed("future_q", future_q, self.config.action_dim, z_q.shape[0])
         if z_q.shape[1] != a_q.shape[1]:
-            raise ValueError(f"z_q and a_q must agree on T, got {z_q.shape[1]} and {a_q.shape[1]}")
+            raise ArgumentError(f"z_q and a_q must agree on T, got {z_q.shape[1]} and {a_q.shape[1]}")
         b, horizon = future_q.shape[:2]
         h = z_q.shape[1]
         first_inputs, first_mods = self._tokens(z_q, a_q)

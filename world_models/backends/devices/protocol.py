@@ -22,6 +22,8 @@ from enum import IntEnum, IntFlag
 
 import numpy as np
 
+from world_models.errors import ArgumentError
+
 PROTOCOL_VERSION = 1
 DELIMITER = 0
 HEADER = struct.Struct("<BBBBII")  # version, command, flags, reserved, sequence, payload length
@@ -174,7 +176,7 @@ class Frame:
 def frame_bytes(frame: Frame) -> bytes:
     """The decoded bytes of a frame: header, payload, CRC-32."""
     if not (0 <= frame.seq <= MAX_SEQUENCE and 0 <= frame.command <= 0xFF and 0 <= frame.flags <= 0xFF):
-        raise ValueError(f"frame field out of range: command {frame.command}, flags {frame.flags}, seq {frame.seq}")
+        raise ArgumentError(f"frame field out of range: command {frame.command}, flags {frame.flags}, seq {frame.seq}")
     raw = HEADER.pack(frame.version, frame.command, frame.flags, 0, frame.seq, len(frame.payload)) + frame.payload
     return raw + CRC.pack(zlib.crc32(raw))
 
@@ -276,7 +278,7 @@ def pack_tensors(*arrays: np.ndarray) -> bytes:
         array = np.asarray(array)
         code = TENSOR_CODES.get(array.dtype)
         if code is None or not 1 <= array.ndim <= MAX_DIMS:
-            raise ValueError(f"a tensor must be float32 or uint8 with 1 to 4 dims, got {array.dtype} {array.shape}")
+            raise ArgumentError(f"a tensor must be float32 or uint8 with 1 to 4 dims, got {array.dtype} {array.shape}")
         parts.append(struct.pack(f"<BB{array.ndim}I", code, array.ndim, *array.shape))
         parts.append(np.ascontiguousarray(array, dtype=TENSOR_DTYPES[code]).tobytes())
     return b"".join(parts)
