@@ -135,8 +135,8 @@ def assert_one_line_error(result, *fragments):
 
 
 def test_unknown_policy(tmp_path):
-    result = run_cli("collect", "--policy", "expert", "--episodes", "1", "--out", str(tmp_path / "x"))
-    assert_one_line_error(result, "unknown policy 'expert'", "random", "weak-expert")
+    result = run_cli("collect", "--policy", "oracle", "--episodes", "1", "--out", str(tmp_path / "x"))
+    assert_one_line_error(result, "unknown policy 'oracle'", "random", "weak-expert")
     assert not (tmp_path / "x").exists()
 
 

@@ -183,7 +183,7 @@ def collect_episode(config: EpisodeConfig, index: int) -> dict:
     rng = np.random.default_rng(seq)
     physics = episode_physics(config, index)
     sim = PushTSim(config.image_size, config.frameskip, config.action_scale, physics=physics)
-    policy = make_policy(config.policy, config.action_scale)
+    policy = make_policy(config.policy, config.action_scale, config.frameskip)
     policy.reset(rng)
     sim.reset(seed=physics_seed)
     recorder = EpisodeRecorder(config.max_steps, config.image_size)

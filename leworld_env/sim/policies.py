@@ -5,6 +5,9 @@ one model step) and draws all its randomness from the ``np.random.Generator``
 it is given, so an episode is a pure function of its seed.
 
 * ``random``: uniform actions. Explores the whole board, rarely touches the block.
+* ``expert`` / ``noisy-expert``: :class:`~leworld_env.sim.expert.ExpertPolicy`, which plans
+  pushes on a private copy of gym-pusht's physics and solves the fixed-goal task; the noisy one
+  adds action noise away from the goal, as DINO-WM's data has.
 * ``weak-expert``: walks to a contact point behind the block and pushes through
   it, towards the goal most of the time and in a random direction otherwise, off
   centre so the block turns too, with noise on every action. It rarely solves the
@@ -18,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from leworld_env.sim.expert import ExpertPolicy
 from leworld_env.sim.pusht_sim import PushTState
 from world_models.errors import ArgumentError
 
@@ -131,13 +135,30 @@ class WeakExpertPolicy:
         return np.clip(action, -1.0, 1.0)
 
 
-POLICIES: dict[str, type] = {"random": RandomPolicy, "weak-expert": WeakExpertPolicy}
+# The expert's action noise for data: DINO-WM's data is noisy; near the goal the noise is off, so the
+# last pixel-precise pushes still succeed (docs/data.md has the measured success of both).
+NOISY_EXPERT_NOISE = 0.15
+
+POLICIES: dict[str, type] = {
+    "random": RandomPolicy,
+    "weak-expert": WeakExpertPolicy,
+    "expert": ExpertPolicy,
+    "noisy-expert": ExpertPolicy,
+}
 
 
-def make_policy(name: str, action_scale: float = 100.0) -> ScriptedPolicy:
-    """Build a scripted policy by name (one of :data:`POLICIES`)."""
+def make_policy(name: str, action_scale: float = 100.0, frameskip: int = 5) -> ScriptedPolicy:
+    """Build a scripted policy by name (one of :data:`POLICIES`) for gym-pusht's fixed goal.
+
+    ``expert`` plans on a private copy of the physics without noise; ``noisy-expert`` is the same
+    planner with Gaussian action noise (std :data:`NOISY_EXPERT_NOISE`) away from the goal.
+    """
     if name not in POLICIES:
         raise ArgumentError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}")
     if name == "weak-expert":
         return WeakExpertPolicy(action_scale=action_scale)
+    if name == "expert":
+        return ExpertPolicy(action_scale=action_scale, frameskip=frameskip)
+    if name == "noisy-expert":
+        return ExpertPolicy(action_scale=action_scale, frameskip=frameskip, noise=NOISY_EXPERT_NOISE, final_noise=0.0)
     return RandomPolicy()
