@@ -44,6 +44,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         out = train_step(wrap_distributed(model), pixels[part], actions[part], sigreg_generator(0, 7))
         losses = torch.stack([out["loss"].detach(), out["prediction"].detach(), out["sigreg"].detach()])
         save_file({**grads_of(model), "__losses": losses}, f"{out_dir}/rank{rank}.safetensors")
+        dist.barrier()  # both ranks done before either tears gloo down (a race aborted a loaded run)
     finally:
         dist.destroy_process_group()
 
