@@ -2,6 +2,7 @@
 
 * :mod:`agents.planning`: the planners, policies with SB3's ``predict`` signature;
 * :mod:`agents.evaluate`: the ``lewm`` and ``pusht`` protocols on real or dreamed PushT;
+* :mod:`agents.replay`: an evaluated episode replayed and re-judged in plain gym-pusht;
 * :mod:`agents.train_agent`: PPO / SAC / HER-SAC in the dream, judged on the real twin.
 """
 

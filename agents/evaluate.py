@@ -2,15 +2,19 @@
 
 Protocols (``docs/evaluation.md`` has the exact text):
 
-* ``lewm``: LeWM's PushT protocol. Start from a held-out real state (the model's start
-  bank), goal = the real state 25 physics steps later in the same episode, a budget of
-  50 physics steps, success = block within 20 px and pi/9 of the goal at any step.
+* ``lewm``: LeWM's PushT protocol. Start from a held-out real state with its agent velocity
+  (the model's start bank), goal = the real state 25 physics steps later in the same episode,
+  a budget of 50 physics steps run in full, success = LeWM's ``eval_state`` (agent and block
+  within 20 px together, block angle within pi/9) at any step; the looser block-only test
+  (block within 20 px and pi/9) is reported beside it.
 * ``pusht``: gym-pusht's own task. Start from gym-pusht's random initial state (its
   ``reset(seed)``), goal = its fixed pose, a budget of 300 physics steps, success =
-  coverage above 0.95 at any step.
+  coverage above 0.95 at any step (the episode ends there).
 
 Episode ``i`` of a run with seed ``s`` is fully determined by ``(s, i)``: the same start
 and goal for every agent and both envs, so agents can be compared episode by episode.
+On the real twin every episode's start, goal and absolute PD targets are kept, so
+:mod:`agents.replay` can replay it in a plain gym-pusht ``PushTEnv``.
 """
 
 from __future__ import annotations
@@ -26,47 +30,79 @@ import gymnasium as gym
 import numpy as np
 
 import leworld_env
-from leworld_env.sim.pusht_sim import PushTSim, angle_difference
+from leworld_env.envs.task import info_successes, start_and_goal
+from leworld_env.sim.pusht_sim import PushTSim, angle_difference, gym_pusht_reset_state
 from world_models.errors import LeWorldError
 
 ENVS = {"real": leworld_env.REAL_ID, "dream": leworld_env.DREAM_ID}
+STRICT_TEST = "agent and block within 20 px together, block angle within pi/9 (LeWM's eval_state)"
+BLOCK_TEST = "block within 20 px, block angle within pi/9"
+COVERAGE_TEST = "coverage of the goal tee > 0.95 (gym-pusht's)"
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """An evaluation protocol: which goal, how many physics steps, where episodes start."""
+    """An evaluation protocol: which goal, how many physics steps, where episodes start, whether
+    success ends an episode."""
 
     name: str
     goal: str
     budget: int  # physics steps
     starts: str  # "bank": held-out dataset states; "pusht": gym-pusht's random initial state
+    terminate_on_success: bool  # False: every episode runs the whole budget (LeWM's)
+
+    @property
+    def success_test(self) -> str:
+        """The headline success test, in words."""
+        return STRICT_TEST if self.goal == "dataset" else COVERAGE_TEST
 
 
 PROTOCOLS = {
-    "lewm": Protocol("lewm", goal="dataset", budget=50, starts="bank"),
-    "pusht": Protocol("pusht", goal="fixed", budget=300, starts="pusht"),
+    "lewm": Protocol("lewm", goal="dataset", budget=50, starts="bank", terminate_on_success=False),
+    "pusht": Protocol("pusht", goal="fixed", budget=300, starts="pusht", terminate_on_success=True),
 }
 
 
 @dataclass
 class EpisodeResult:
-    """One evaluated episode."""
+    """One evaluated episode.
+
+    ``success`` is the protocol's test at any step (``lewm``: LeWM's strict ``eval_state``;
+    ``pusht``: coverage), ``success_block`` the block-only test at any step; ``*_step`` the first
+    env step each held (``None``: never). ``start`` is the requested start (agent x, y, block x,
+    y, angle, agent vx, vy), ``reset_to_state`` the 5 numbers gym-pusht's ``reset_to_state``
+    takes for it, ``goal`` the goal state; ``actions`` the relative action of every env step and
+    ``targets`` the absolute PD target of every physics step (what gym-pusht's ``step`` took;
+    ``None`` in the dream). ``final_state`` is the state at the end (probed in the dream).
+    """
 
     index: int
     success: bool
+    success_block: bool
+    success_step: int | None
+    success_block_step: int | None
     steps: int
+    plans: int | None  # plans the agent made (planners only)
     final_coverage: float
     max_coverage: float
     final_position_error: float  # block, px
     final_angle_error: float  # block, radians
     final_latent_distance: float  # root-mean-square, latent units
     start: list[float]
+    reset_to_state: list[float]
     goal: list[float]
+    final_state: list[float]
+    actions: list[list[float]]
+    targets: list[list[float]] | None
 
 
 @dataclass
 class EvaluationResult:
-    """A whole run: the settings, per-episode results and the summary."""
+    """A whole run: the settings, per-episode results and the summary.
+
+    ``success_rate`` is the protocol's headline test (``success_test`` says which),
+    ``success_block_rate`` the block-only test; both with 95 % Wilson intervals.
+    """
 
     agent: str
     env: str
@@ -75,14 +111,21 @@ class EvaluationResult:
     seed: int
     model: str
     backend: str
+    frameskip: int  # physics steps per env step
+    replan_every: int | None  # env steps between plans (planners only)
+    success_test: str
     success_rate: float
     success_interval: tuple[float, float]
+    success_block_rate: float
+    success_block_interval: tuple[float, float]
     mean_final_coverage: float
     mean_max_coverage: float
     mean_steps: float
     mean_final_position_error: float
     mean_decision_seconds: float
     decisions: int
+    plans: int | None
+    mean_plan_seconds: float | None
     results: list[EpisodeResult] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -90,20 +133,33 @@ class EvaluationResult:
 
     def table(self) -> str:
         """The summary as aligned text lines."""
-        low, high = self.success_interval
         rows = [
             ("agent", self.agent),
             ("env / protocol", f"{self.env} / {self.protocol}"),
             ("episodes (seed)", f"{self.episodes} ({self.seed})"),
             ("model / backend", f"{self.model} / {self.backend}"),
-            ("success rate", f"{self.success_rate:.1%}  (95% interval {low:.1%} - {high:.1%})"),
+            ("success rate", f"{_rate(self.success_rate, self.success_interval)}  {self.success_test}"),
+            ("block-only success rate", f"{_rate(self.success_block_rate, self.success_block_interval)}  {BLOCK_TEST}"),
             ("coverage, final / best", f"{self.mean_final_coverage:.3f} / {self.mean_max_coverage:.3f}"),
             ("block position error, final", f"{self.mean_final_position_error:.1f} px"),
             ("steps per episode", f"{self.mean_steps:.1f}"),
             ("time per decision", f"{self.mean_decision_seconds * 1e3:.1f} ms over {self.decisions} decisions"),
         ]
+        if self.replan_every is not None and self.plans is not None:
+            rows.append(
+                (
+                    "schedule",
+                    f"a plan every {self.replan_every} env step(s): {self.plans} plans, "
+                    f"{(self.mean_plan_seconds or 0.0) * 1e3:.1f} ms each",
+                )
+            )
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _rate(rate: float, interval: tuple[float, float]) -> str:
+    low, high = interval
+    return f"{rate:.1%}  (95% interval {low:.1%} - {high:.1%})"
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -131,10 +187,18 @@ def episode_options(protocol: Protocol, seed: int, episodes: int, bank_size: int
 
 
 def make_eval_env(env: str, protocol: Protocol, model: str | Path, backend: str | None, **kwargs: Any) -> gym.Env:
-    """The env of a protocol: its goal, and a time limit of its budget in env steps."""
+    """The env of a protocol: its goal, whether success ends an episode, and a time limit of its
+    budget in env steps."""
     if env not in ENVS:
         raise LeWorldError(f"unknown env {env!r}; choose one of: {', '.join(ENVS)}")
-    made = gym.make(ENVS[env], model=model, backend=backend, goal=protocol.goal, **kwargs)
+    made = gym.make(
+        ENVS[env],
+        model=model,
+        backend=backend,
+        goal=protocol.goal,
+        terminate_on_success=protocol.terminate_on_success,
+        **kwargs,
+    )
     frameskip = made.unwrapped.setup.frameskip
     return gym.wrappers.TimeLimit(made.unwrapped, max_episode_steps=math.ceil(protocol.budget / frameskip))
 
@@ -165,6 +229,8 @@ def evaluate(
     options = episode_options(spec, seed, episodes, len(setup.bank))
     results: list[EpisodeResult] = []
     decision_seconds: list[float] = []
+    plan_seconds = getattr(agent, "plan_seconds", None)
+    planned_before = len(plan_seconds) if plan_seconds is not None else 0
     iterator = range(episodes)
     if progress:
         from tqdm import tqdm
@@ -176,8 +242,49 @@ def evaluate(
             results.append(run_episode(environment, agent, i, seed + i, options[i], record, decision_seconds))
     finally:
         environment.close()
-    settings = {"agent": agent_name, "env": env, "protocol": protocol, "seed": seed, "model": str(model)}
+    settings = {
+        "agent": agent_name,
+        "env": env,
+        "protocol": protocol,
+        "seed": seed,
+        "model": str(model),
+        "frameskip": setup.frameskip,
+        "replan_every": getattr(agent, "replan_every", None),
+        "success_test": spec.success_test,
+        "plan_seconds": None if plan_seconds is None else plan_seconds[planned_before:],
+    }
     return summarize(results, decision_seconds, backend=setup.world_model.backend, **settings)
+
+
+class _EpisodeTrace:
+    """What one episode records step by step: coverages, the first success of each test, actions, targets."""
+
+    def __init__(self, goal: str, info: dict[str, Any], real: bool) -> None:
+        self.goal = goal
+        self.coverages: list[float] = []
+        self.success_step: int | None = None
+        self.block_step: int | None = None
+        self.actions: list[list[float]] = []
+        self.targets: list[list[float]] | None = [] if real else None
+        self.steps = 0
+        self.observe(info)
+
+    def observe(self, info: dict[str, Any]) -> None:
+        """Record the info of env step ``self.steps`` (0: the reset)."""
+        self.coverages.append(float(info["coverage"]))
+        strict, block = info_successes(info, self.goal)
+        if strict and self.success_step is None:
+            self.success_step = self.steps
+        if block and self.block_step is None:
+            self.block_step = self.steps
+
+    def step(self, action: np.ndarray, info: dict[str, Any]) -> None:
+        """Record one env step: its relative action, its physics steps' targets, then its info."""
+        self.steps += 1
+        self.actions.append(np.asarray(action, np.float64).reshape(-1).tolist())
+        if self.targets is not None:
+            self.targets.extend(np.asarray(info["targets"], np.float64).tolist())
+        self.observe(info)
 
 
 def run_episode(
@@ -191,57 +298,89 @@ def run_episode(
 ) -> EpisodeResult:
     """One episode until the env ends it; appends each decision's wall time to ``decision_seconds``
     and, when ``frames`` is a list, every rendered frame to it."""
-    latent_dim = environment.unwrapped.setup.latent_dim
+    setup = environment.unwrapped.setup
+    plan_seconds = getattr(agent, "plan_seconds", None)
+    planned_before = len(plan_seconds) if plan_seconds is not None else 0
     obs, info = environment.reset(seed=seed, options=options)
-    start, goal_state = info["state"].tolist(), info["goal_state"].tolist()
-    coverages, episode_start, success, steps = [info["coverage"]], True, bool(info["is_success"]), 0
+    start = start_and_goal(setup, np.random.default_rng(seed), options)[0]
+    trace = _EpisodeTrace(setup.goal, info, real=environment.unwrapped.runs_physics)
     if frames is not None:
         frames.append(environment.render())
-    done = False
+    done, episode_start = False, True
     while not done:
         began = time.perf_counter()
         action, _ = agent.predict(obs, episode_start=np.array([episode_start]), deterministic=True)
         decision_seconds.append(time.perf_counter() - began)
         episode_start = False
         obs, _, terminated, truncated, info = environment.step(action)
-        steps += 1
-        coverages.append(info["coverage"])
-        success = success or bool(info["is_success"])
+        trace.step(np.clip(action, -1.0, 1.0), info)
         done = terminated or truncated
         if frames is not None:
             frames.append(environment.render())
-    block, target = np.asarray(info["state"])[2:5], np.asarray(info["goal_state"])[2:5]
+    plans = None if plan_seconds is None else len(plan_seconds) - planned_before
+    return episode_result(index, trace, obs, info, start, setup.latent_dim, plans)
+
+
+def episode_result(
+    index: int,
+    trace: _EpisodeTrace,
+    obs: dict[str, np.ndarray],
+    info: dict[str, Any],
+    start: np.ndarray,
+    latent_dim: int,
+    plans: int | None,
+) -> EpisodeResult:
+    """The :class:`EpisodeResult` of a finished episode's trace, last observation and info."""
+    state, goal_state = np.asarray(info["state"], np.float64), np.asarray(info["goal_state"], np.float64)
     latent = obs["achieved_goal"][:latent_dim] - obs["desired_goal"][:latent_dim]
     return EpisodeResult(
         index=index,
-        success=success,
-        steps=steps,
-        final_coverage=float(coverages[-1]),
-        max_coverage=float(max(coverages)),
-        final_position_error=float(np.linalg.norm(block[:2] - target[:2])),
-        final_angle_error=float(angle_difference(block[2], target[2])),
+        success=trace.success_step is not None,
+        success_block=trace.block_step is not None,
+        success_step=trace.success_step,
+        success_block_step=trace.block_step,
+        steps=trace.steps,
+        plans=plans,
+        final_coverage=trace.coverages[-1],
+        max_coverage=max(trace.coverages),
+        final_position_error=float(np.linalg.norm(state[2:4] - goal_state[2:4])),
+        final_angle_error=float(angle_difference(state[4], goal_state[4])),
         final_latent_distance=float(np.sqrt(np.mean(latent.astype(np.float64) ** 2))),
-        start=start,
-        goal=goal_state,
+        start=np.asarray(start, np.float64).tolist(),
+        reset_to_state=gym_pusht_reset_state(start).tolist(),
+        goal=goal_state.tolist(),
+        final_state=state.tolist(),
+        actions=trace.actions,
+        targets=trace.targets,
     )
 
 
-def summarize(results: list[EpisodeResult], decision_seconds: list[float], **settings: Any) -> EvaluationResult:
+def summarize(
+    results: list[EpisodeResult],
+    decision_seconds: list[float],
+    plan_seconds: list[float] | None = None,
+    **settings: Any,
+) -> EvaluationResult:
     """The run's summary over its episodes; ``settings`` are the run's agent, env, protocol, seed,
-    model and backend."""
+    model, backend, frameskip, replan_every and success_test; ``plan_seconds`` the planner's plan times."""
     episodes = len(results)
     wins = sum(r.success for r in results)
+    block_wins = sum(r.success_block for r in results)
     return EvaluationResult(
         **settings,
         episodes=episodes,
         success_rate=wins / episodes,
         success_interval=wilson_interval(wins, episodes),
+        success_block_rate=block_wins / episodes,
+        success_block_interval=wilson_interval(block_wins, episodes),
         mean_final_coverage=float(np.mean([r.final_coverage for r in results])),
         mean_max_coverage=float(np.mean([r.max_coverage for r in results])),
         mean_steps=float(np.mean([r.steps for r in results])),
         mean_final_position_error=float(np.mean([r.final_position_error for r in results])),
         mean_decision_seconds=float(np.mean(decision_seconds)) if decision_seconds else 0.0,
         decisions=len(decision_seconds),
+        plans=None if plan_seconds is None else len(plan_seconds),
+        mean_plan_seconds=float(np.mean(plan_seconds)) if plan_seconds else None,
         results=results,
     )
 
@@ -257,6 +396,7 @@ def log_evaluation(result: EvaluationResult, logdir: Path, frames: list[np.ndarr
     try:
         summary = {
             "eval/success_rate": result.success_rate,
+            "eval/success_block_rate": result.success_block_rate,
             "eval/mean_final_coverage": result.mean_final_coverage,
             "eval/mean_max_coverage": result.mean_max_coverage,
             "eval/mean_final_position_error": result.mean_final_position_error,
@@ -267,6 +407,7 @@ def log_evaluation(result: EvaluationResult, logdir: Path, frames: list[np.ndarr
             writer.add_scalar(tag, value, 0)
         for episode in result.results:
             writer.add_scalar("episode/success", float(episode.success), episode.index)
+            writer.add_scalar("episode/success_block", float(episode.success_block), episode.index)
             writer.add_scalar("episode/final_coverage", episode.final_coverage, episode.index)
             writer.add_scalar("episode/final_position_error", episode.final_position_error, episode.index)
             writer.add_scalar("episode/steps", episode.steps, episode.index)

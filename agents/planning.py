@@ -10,8 +10,23 @@ Planning happens in the model's latent space (LeWM's recipe): candidate action
 sequences of ``horizon`` model steps are rolled out from the current latent
 history in one batch, and a sequence's cost is the squared latent distance to
 the goal at the end of the horizon, optionally plus a cost on the physical state
-the probe reads there. The first action of the chosen sequence is executed and
-the rest warm-starts the next decision (receding horizon).
+the probe reads there.
+
+**Standardised actions.** A planner searches in standardised action units ``u``:
+an env action is ``a = clip(mean + std * u, -1, 1)`` with the training data's
+per-axis action ``mean`` and ``std`` (LeWM's ``StandardScaler``), so CEM's
+initial std of 1 spreads its samples as the data's actions spread. The
+statistics come from one place: the model's start bank (``action_mean`` /
+``action_std`` in ``starts.safetensors``, computed from the bank's source
+episodes, the training data's policy; :func:`data_action_stats`).
+:func:`make_planner` gives them to CEM by default; without them (or for iCEM and
+MPPI unless given) the transform is the identity: the env's own action units.
+
+**Schedules.** ``replan_every`` = 1 (the default) plans at every env step and
+executes the plan's first action (receding horizon); the rest warm-starts the next
+decision. ``replan_every`` = k executes the first k actions of a plan before
+planning again (k = ``horizon`` is LeWM's: the whole 5-step plan, 2 plans per
+50-physics-step episode at frameskip 5); the unexecuted rest warm-starts the next plan.
 
 The planner keeps each env's latent and action history itself, as the env
 does: at an episode's start (``episode_start``, a new goal, or the first call)
@@ -21,6 +36,7 @@ the history is the start latent repeated with zero actions.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +46,28 @@ from world_models.interface import WorldModel
 from world_models.pose import POSE_FEATURES, features_to_pose
 
 PLANNERS = ("cem", "icem", "mppi")
+
+
+def data_action_stats(world_model: WorldModel | str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The training data's action ``(mean, std)`` for a model: its start bank's, or ``None`` where the
+    bank has none (an old bank)."""
+    from leworld_env.envs.task import open_start_bank
+
+    return open_start_bank(world_model).action_stats()
+
+
+def _check_action_stats(mean: Any, std: Any, action_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` as float32 (action_dim,): zeros and ones when both are ``None``."""
+    if mean is None and std is None:
+        return np.zeros(action_dim, np.float32), np.ones(action_dim, np.float32)
+    if mean is None or std is None:
+        raise ArgumentError(f"action_mean and action_std come together; got {mean!r} and {std!r}")
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if mean.shape != (action_dim,) or std.shape != (action_dim,):
+        raise ArgumentError(f"action_mean and action_std must have {action_dim} numbers each, got {mean} and {std}")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ArgumentError(f"action_mean must be finite and action_std finite and > 0, got {mean} and {std}")
+    return mean, std
 
 
 class LatentPlanner:
@@ -46,6 +84,11 @@ class LatentPlanner:
             planner then sees one latent per env step, not per model step: its history holds latents
             ``action_repeat`` model steps apart, which the model was not trained on. Keep it 1 unless
             you know the model copes.
+        replan_every: env steps between plans, in [1, horizon]: 1 plans at every step (receding
+            horizon), ``horizon`` executes the whole plan first (LeWM's schedule).
+        action_mean, action_std: the data's per-axis action statistics (both or neither): the planner
+            samples in standardised units ``u`` and executes ``clip(mean + std * u, -1, 1)``;
+            neither = the identity.
         seed: seeds the planner's own generator.
     """
 
@@ -59,6 +102,9 @@ class LatentPlanner:
         iterations: int = 30,
         state_cost_weight: float = 0.0,
         action_repeat: int = 1,
+        replan_every: int = 1,
+        action_mean: Any = None,
+        action_std: Any = None,
         seed: int | None = 0,
     ) -> None:
         for field, value in (("horizon", horizon), ("samples", samples), ("iterations", iterations)):
@@ -68,6 +114,8 @@ class LatentPlanner:
             raise ArgumentError(f"action_repeat must be >= 1, got {action_repeat}")
         if state_cost_weight < 0:
             raise ArgumentError(f"state_cost_weight must be >= 0, got {state_cost_weight}")
+        if isinstance(replan_every, bool) or not 1 <= int(replan_every) <= int(horizon):
+            raise ArgumentError(f"replan_every must be in [1, horizon={horizon}], got {replan_every!r}")
         self.world_model = world_model
         self.config = world_model.config
         self.horizon = int(horizon)
@@ -75,9 +123,24 @@ class LatentPlanner:
         self.iterations = int(iterations)
         self.state_cost_weight = float(state_cost_weight)
         self.action_repeat = int(action_repeat)
+        self.replan_every = int(replan_every)
+        self.action_mean, self.action_std = _check_action_stats(action_mean, action_std, self.config.action_dim)
+        # The action box [-1, 1] in standardised units.
+        self._low = (-1.0 - self.action_mean) / self.action_std
+        self._high = (1.0 - self.action_mean) / self.action_std
         self.rng = np.random.default_rng(seed)
-        self.plan_seconds: list[float] = []  # wall time of every decision
+        self.plan_seconds: list[float] = []  # wall time of every plan
         self._envs: dict[int, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ action units
+    def to_env(self, standardised: np.ndarray) -> np.ndarray:
+        """Env actions ``clip(mean + std * u, -1, 1)`` (float32) of standardised actions ``u`` (..., A)."""
+        actions = self.action_mean + self.action_std * np.asarray(standardised, np.float32)
+        return np.clip(actions, -1.0, 1.0).astype(np.float32)
+
+    def to_standardised(self, actions: np.ndarray) -> np.ndarray:
+        """Standardised actions ``(a - mean) / std`` (float32) of env actions ``a`` (..., A)."""
+        return ((np.asarray(actions, np.float32) - self.action_mean) / self.action_std).astype(np.float32)
 
     # ------------------------------------------------------------------ SB3 policy interface
     def reset(self) -> None:
@@ -91,7 +154,8 @@ class LatentPlanner:
         episode_start: np.ndarray | None = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, None]:
-        """Plan one action per env for a goal observation dict (single or batched).
+        """One action per env for a goal observation dict (single or batched): the next action of the
+        env's current plan, planned afresh every ``replan_every`` steps.
 
         Pass ``episode_start`` (SB3's ``evaluate_policy`` and ``leworld eval`` do): without it a
         new episode is recognised only by a new goal, and gym-pusht's fixed goal never changes.
@@ -108,22 +172,39 @@ class LatentPlanner:
         starts = np.ones(len(achieved), bool) if episode_start is None else np.atleast_1d(episode_start)
         actions = np.empty((len(achieved), self.config.action_dim), np.float32)
         for i in range(len(achieved)):
-            env = self._envs.get(i)
-            z, goal = achieved[i, :d], desired[i, :d]
             restart = episode_start is not None and bool(starts[i])
-            if env is None or restart or not np.array_equal(env["goal"], goal):
-                env = self._start(z, goal, desired[i, d:])
-                self._envs[i] = env
-            else:
-                env["z"] = np.concatenate([env["z"][1:], z[None]])
-                env["a"] = np.concatenate([env["a"][1:], np.zeros((1, self.config.action_dim), np.float32)])
-            began = time.perf_counter()
-            plan = self._plan(env)
-            self.plan_seconds.append(time.perf_counter() - began)
-            actions[i] = plan[0]
-            env["a"][-1] = plan[0]
-            env["warm"] = np.concatenate([plan[1:], np.zeros((1, self.config.action_dim), np.float32)])
+            env = self._observe(i, achieved[i, :d], desired[i, :d], desired[i, d:], restart)
+            actions[i] = self._next_action(env)
         return (actions[0] if single else actions), None
+
+    def _observe(self, i: int, z: np.ndarray, goal: np.ndarray, goal_pose: np.ndarray, restart: bool) -> dict:
+        """Env ``i``'s history after seeing latent ``z``: a new one at an episode's start, else shifted."""
+        env = self._envs.get(i)
+        if env is None or restart or not np.array_equal(env["goal"], goal):
+            env = self._start(z, goal, goal_pose)
+            self._envs[i] = env
+        else:
+            env["z"] = np.concatenate([env["z"][1:], z[None]])
+            env["a"] = np.concatenate([env["a"][1:], np.zeros((1, self.config.action_dim), np.float32)])
+        return env
+
+    def _next_action(self, env: dict[str, Any]) -> np.ndarray:
+        """The next action of ``env``'s plan (planning first when ``replan_every`` actions of it ran),
+        recorded as the history's newest action."""
+        if env["plan"] is None or env["cursor"] >= self.replan_every:
+            shift = env["cursor"]  # actions of the last plan already executed
+            if env["plan"] is not None:
+                padding = np.zeros((shift, self.config.action_dim), np.float32)
+                env["warm"] = np.concatenate([env["plan"][shift:], padding])
+            env["shift"] = shift
+            began = time.perf_counter()
+            env["plan"] = self._plan(env)
+            self.plan_seconds.append(time.perf_counter() - began)
+            env["cursor"], env["plans"] = 0, env["plans"] + 1
+        action = self.to_env(env["plan"][env["cursor"]])
+        env["cursor"] += 1
+        env["a"][-1] = action
+        return action
 
     def _start(self, z: np.ndarray, goal: np.ndarray, goal_pose: np.ndarray) -> dict[str, Any]:
         h, a = self.config.history, self.config.action_dim
@@ -132,13 +213,17 @@ class LatentPlanner:
             "a": np.zeros((h, a), np.float32),
             "goal": goal.copy(),
             "goal_pose": features_to_pose(goal_pose) if goal_pose.size == POSE_FEATURES else None,
-            "warm": np.zeros((self.horizon, a), np.float32),
+            "warm": np.zeros((self.horizon, a), np.float32),  # standardised: the data's mean action
+            "plan": None,  # the current plan, standardised (horizon, A)
+            "cursor": 0,  # its actions executed so far
+            "shift": 0,  # actions of the previous plan executed before this one was made
+            "plans": 0,  # plans made this episode
             "extra": {},
         }
 
     # ------------------------------------------------------------------ costs
     def costs(self, env: dict[str, Any], sequences: np.ndarray) -> np.ndarray:
-        """Cost of candidate sequences (S, horizon, A) from ``env``'s history; lower is better."""
+        """Cost of candidate sequences (S, horizon, A) in env action units from ``env``'s history; lower is better."""
         s = sequences.shape[0]
         steps = np.repeat(sequences, self.action_repeat, axis=1)
         z_hist = np.broadcast_to(env["z"], (s, *env["z"].shape))
@@ -155,29 +240,39 @@ class LatentPlanner:
             cost = cost + self.state_cost_weight * (position**2 + angle**2)
         return cost
 
+    def standardised_costs(self, env: dict[str, Any], candidates: np.ndarray) -> np.ndarray:
+        """:meth:`costs` of standardised candidate sequences."""
+        return self.costs(env, self.to_env(candidates))
+
+    def _clip(self, candidates: np.ndarray) -> np.ndarray:
+        """Standardised candidates clipped to the action box (float32)."""
+        return np.clip(candidates, self._low, self._high).astype(np.float32)
+
     def _sample(self, mean: np.ndarray, std: np.ndarray, count: int) -> np.ndarray:
-        """``count`` Gaussian candidates around ``mean``, clipped to the action box; the first is
-        ``mean`` itself, so the current plan always competes."""
+        """``count`` standardised Gaussian candidates around ``mean``, clipped to the action box; the
+        first is ``mean`` itself, so the current plan always competes."""
         noise = self.rng.standard_normal((count, *mean.shape)).astype(np.float32)
-        candidates = np.clip(mean + std * noise, -1.0, 1.0)
+        candidates = self._clip(mean + std * noise)
         candidates[0] = mean
         return candidates
 
     def _plan(self, env: dict[str, Any]) -> np.ndarray:
+        """A plan (horizon, A) in standardised units from ``env``'s history and warm start ``env["warm"]``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(horizon={self.horizon}, samples={self.samples}, "
-            f"iterations={self.iterations}, backend={self.world_model.backend!r})"
+            f"iterations={self.iterations}, replan_every={self.replan_every}, backend={self.world_model.backend!r})"
         )
 
 
 class CEMPlanner(LatentPlanner):
     """The cross-entropy method with LeWM's settings: 300 samples, 30 iterations, the best 30
-    refit a diagonal Gaussian, horizon 5, receding horizon with a warm start.
+    refit a diagonal Gaussian (in standardised action units), horizon 5, a warm start.
 
-    The executed action is the final mean's first action.
+    The executed actions are the final mean's (its first, or its first ``replan_every``).
+    Built with :func:`make_planner`, it standardises with the data's action statistics, as LeWM.
     """
 
     name = "cem"
@@ -194,7 +289,7 @@ class CEMPlanner(LatentPlanner):
         std = np.full_like(mean, self.init_std)
         for _ in range(self.iterations):
             candidates = self._sample(mean, std, self.samples)
-            elites = candidates[np.argsort(self.costs(env, candidates))[: self.topk]]
+            elites = candidates[np.argsort(self.standardised_costs(env, candidates))[: self.topk]]
             mean, std = elites.mean(axis=0), elites.std(axis=0) + 1e-3
         return mean
 
@@ -243,18 +338,19 @@ class ICEMPlanner(CEMPlanner):
         mean = env["warm"].copy()
         std = np.full_like(mean, self.init_std)
         kept = env["extra"].get("elites")
-        if kept is not None:  # last decision's elites, shifted one step like the mean
-            kept = np.concatenate([kept[:, 1:], np.zeros_like(kept[:, :1])], axis=1)
+        if kept is not None:  # last plan's elites, shifted by the actions executed since, like the mean
+            shift = env["shift"]
+            kept = np.concatenate([kept[:, shift:], np.zeros_like(kept[:, :shift])], axis=1)
         best, best_cost = mean, np.inf
         for it in range(self.iterations):
             count = max(2 * self.topk, int(self.samples * self.population_decay**-it))
             noise = colored_noise(self.noise_exponent, count, self.horizon, mean.shape[1], self.rng)
-            candidates = np.clip(mean + std * noise, -1.0, 1.0)
+            candidates = self._clip(mean + std * noise)
             if kept is not None:
                 candidates = np.concatenate([candidates, kept])
             if it == self.iterations - 1:
                 candidates = np.concatenate([candidates, mean[None]])
-            cost = self.costs(env, candidates)
+            cost = self.standardised_costs(env, candidates)
             order = np.argsort(cost)
             elites = candidates[order[: self.topk]]
             if cost[order[0]] < best_cost:
@@ -294,7 +390,7 @@ class MPPIPlanner(LatentPlanner):
         std = np.full_like(nominal, self.noise_std)
         for _ in range(self.iterations):
             candidates = self._sample(nominal, std, self.samples)
-            cost = self.costs(env, candidates)
+            cost = self.standardised_costs(env, candidates)
             spread = cost.max() - cost.min()
             weights = np.exp(-(cost - cost.min()) / (self.temperature * (spread if spread > 0 else 1.0)))
             nominal = np.tensordot(weights / weights.sum(), candidates, axes=1).astype(np.float32)
@@ -329,8 +425,17 @@ class RandomAgent:
 
 
 def make_planner(name: str, world_model: WorldModel, **kwargs: Any) -> LatentPlanner:
-    """A planner by name (``cem``, ``icem``, ``mppi``) with its defaults, overridden by ``kwargs``."""
+    """A planner by name (``cem``, ``icem``, ``mppi``) with its defaults, overridden by ``kwargs``.
+
+    ``cem`` standardises its actions with the data's statistics (:func:`data_action_stats`) unless
+    ``action_mean`` / ``action_std`` are given; ``icem`` and ``mppi`` sample in env action units
+    unless they are given.
+    """
     classes = {"cem": CEMPlanner, "icem": ICEMPlanner, "mppi": MPPIPlanner}
     if name not in classes:
         raise ArgumentError(f"unknown planner {name!r}; choose one of: {', '.join(PLANNERS)}")
+    if name == "cem" and "action_mean" not in kwargs and "action_std" not in kwargs:
+        stats = data_action_stats(world_model)
+        if stats is not None:
+            kwargs["action_mean"], kwargs["action_std"] = stats
     return classes[name](world_model, **kwargs)

@@ -15,7 +15,14 @@ Importing this package registers (Gymnasium 1.x loads no plugin entry points)::
 import gymnasium as gym
 
 from leworld_env.envs.settings import DEFAULT_EPISODE_STEPS
-from leworld_env.sim.pusht_sim import HiddenPhysics, PushTSim, PushTState, lewm_success, sample_hidden_physics
+from leworld_env.sim.pusht_sim import (
+    HiddenPhysics,
+    PushTSim,
+    PushTState,
+    lewm_eval_state,
+    lewm_success,
+    sample_hidden_physics,
+)
 
 DREAM_ID = "LeWorld-PushT-v0"
 REAL_ID = "LeWorld-PushT-Real-v0"
@@ -54,6 +61,7 @@ __all__ = [
     "HiddenPhysics",
     "PushTSim",
     "PushTState",
+    "lewm_eval_state",
     "lewm_success",
     "sample_hidden_physics",
 ]

@@ -138,7 +138,7 @@ def test_real_twin_repeats_the_action_like_the_dream():
     twin = LeWorldPushTRealEnv(frameskip=10)
     _, info = twin.reset(seed=0, options={"bank_index": 7})
     reference = PushTSim(image_size=64)
-    reference.reset(state=info["state"])
+    reference.reset(state=[*info["state"], *info["agent_vel"]])  # the start's recorded agent velocity too
     _, _, _, _, info = twin.step([1.0, -0.5])
     reference.step([1.0, -0.5])
     reference.step([1.0, -0.5])
@@ -413,7 +413,7 @@ def test_real_twin_is_gym_pusht_physics():
     _, info = twin.reset(seed=0, options={"bank_index": 3})
     start = twin.setup.bank.start[3]
     reference = PushTSim(image_size=64)
-    reference.reset(state=start)
+    reference.reset(state=twin.setup.bank.start_state(3))  # with the start's recorded agent velocity
     raw: PushTEnv = reference.env
     np.testing.assert_allclose(info["state"], start, atol=1e-9)
     for act in actions(10, 1, seed=2)[:, 0]:

@@ -298,9 +298,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help="evaluate a planner or an SB3 policy on real or dreamed PushT",
         description=(
             "Run an agent for N episodes under a protocol (docs/evaluation.md) and print the success "
-            "rate with a 95% interval, coverage, steps and time per decision. lewm: held-out start, goal "
-            "25 physics steps ahead, 50 physics steps, 20 px / pi/9. pusht: gym-pusht's random start and "
-            "fixed goal, 300 physics steps, coverage > 0.95."
+            "rate with a 95% interval (and the block-only test's), coverage, steps and time per decision. "
+            "lewm: held-out start with its agent velocity, goal 25 physics steps ahead, 50 physics steps "
+            "run in full, success = LeWM's eval_state (agent and block within 20 px together, angle within "
+            "pi/9) at any step. pusht: gym-pusht's random start and fixed goal, 300 physics steps, "
+            "coverage > 0.95. --json keeps every episode's start, goal and physics-step targets, which "
+            "agents.replay replays in plain gym-pusht."
         ),
     )
     p.add_argument("--agent", required=True, help="cem, icem, mppi, random, or an SB3 PATH.zip (PPO or SAC)")
@@ -311,7 +314,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="pusht-tiny", help="world model: shipped name or folder (pusht-tiny)")
     p.add_argument("--backend", help="numba-q4 (default), numba or torch")
     add_planner_args(p)
-    p.add_argument("--json", type=Path, help="write the results (summary and every episode) here")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="write the results here: the summary and every episode (start with velocity, goal, actions, "
+        "absolute targets per physics step)",
+    )
     p.add_argument("--video", type=Path, help="write the first episode here (.gif or .mp4)")
     p.add_argument("--tensorboard", type=Path, help="log the summary, every episode and the first one's video here")
     p.set_defaults(run=run_eval)

@@ -21,11 +21,19 @@ def add_planner_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=positive_int, help="planner: candidate sequences per iteration (300)")
     p.add_argument("--iterations", type=positive_int, help="planner: iterations per decision (cem 30, icem/mppi 10)")
     p.add_argument("--horizon", type=positive_int, help="planner: model steps planned ahead (5)")
+    p.add_argument(
+        "--replan-every",
+        type=positive_int,
+        help="planner: env steps between plans, 1..horizon (1: replan every step; 5 = the horizon: "
+        "execute the whole plan, LeWM's schedule)",
+    )
 
 
 def planner_kwargs(args: argparse.Namespace) -> dict[str, int]:
-    """The planner options given on the command line (a small sample count gets a matching top-k)."""
-    planner = {k: v for k in ("samples", "iterations", "horizon") if (v := getattr(args, k, None)) is not None}
+    """The planner options given on the command line (a small sample count gets a matching top-k;
+    ``--replan-every`` above a ``--horizon`` is the planner's error)."""
+    names = ("samples", "iterations", "horizon", "replan_every")
+    planner = {k: v for k in names if (v := getattr(args, k, None)) is not None}
     if args.samples is not None and args.samples < 30 and args.agent in ("cem", "icem"):
         planner["topk"] = max(1, args.samples // 10)
     return planner
@@ -93,7 +101,7 @@ def run_play(args: argparse.Namespace) -> int:
         raise LeWorldError(str(err)) from None
     print(
         f"{result.steps} steps, {len(result.episodes)} episodes, {result.successes} successes on real physics; "
-        f"{result.frames} frames"
+        f"{result.frames} frames; {result.block_successes} episodes met the block-only test"
     )
     if result.record is not None:
         print(f"recording written to {result.record}")

@@ -6,9 +6,11 @@ from its own generator, so episode ``i`` of a batch seeded ``s + i`` is the
 same episode as a single env seeded ``s + i`` (up to the float rounding of a
 batched matrix product).
 
-An episode starts with the agent at rest: the model's latent history is the
-start frame's latent repeated, with zero actions (a zero action holds the
-agent's target where it stands), which is what the real twin does too.
+An episode starts from one frame: the model's latent history is the start
+frame's latent repeated, with zero actions (a zero action holds the agent's
+target where it stands), which is what the real twin does too. A frame shows no
+velocity, so the start's recorded agent velocity (which the real twin restores)
+does not reach the dream.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class DreamBatch(Episodes):
             return
         options = options or [None] * self.num_envs
         pairs = [start_and_goal(self.setup, rngs[i], options[i]) for i in indices]
-        starts = np.array([p[0] for p in pairs])
+        starts = np.array([p[0][:5] for p in pairs])  # the model sees a frame: the agent's velocity is not in it
         goals = np.array([p[1] for p in pairs])
         model, size = self.setup.world_model, self.setup.image_size
         if self.setup.goal == "fixed":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from leworld_env.envs.task import GoalTerms, TaskSetup, goal_terms, goal_vectors
+from leworld_env.sim.pusht_sim import lewm_eval_state, lewm_success
 from world_models.pose import POSE_FEATURES
 
 
@@ -68,11 +69,11 @@ class Episodes:
 
     def end_step(self, indices: np.ndarray, block_pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Close an env step of ``indices`` whose newest latents are in place and whose block poses are
-        ``block_pose`` (B, 3); returns rewards, terminated (success) and truncated (the step limit,
-        unless terminated)."""
+        ``block_pose`` (B, 3); returns rewards, terminated (success, unless the settings'
+        ``terminate_on_success`` is off) and truncated (the step limit, unless terminated)."""
         self.steps[indices] += 1
         terms = self.observe(indices, block_pose)
-        terminated = terms.success.copy()
+        terminated = terms.success.copy() if self.setup.settings.terminate_on_success else np.zeros(len(indices), bool)
         limit = self.setup.max_episode_steps
         truncated = self.steps[indices] >= limit if limit is not None else np.zeros(len(terminated), bool)
         return terms.reward(self.setup.reward), terminated, truncated & ~terminated
@@ -90,12 +91,18 @@ class Episodes:
 
     def episode_info(self, state: np.ndarray, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Per-episode facts, batched: is_success, coverage, ``state`` (B, 5) as the env knows it, the goal
-        state, the step."""
+        state, the step; with the dataset goal also ``success_strict`` (LeWM's test on ``state``: agent
+        and block) and ``success_block`` (the block-only test on ``state``)."""
         indices = np.arange(self.num_envs) if indices is None else np.asarray(indices)
-        return {
+        goal_state = self.goal_state[indices].copy()
+        info = {
             "is_success": self.success[indices].copy(),
             "coverage": self.coverage[indices].copy(),
             "state": state,
-            "goal_state": self.goal_state[indices].copy(),
+            "goal_state": goal_state,
             "step": self.steps[indices].copy(),
         }
+        if self.setup.goal == "dataset":
+            info["success_strict"] = np.asarray(lewm_eval_state(state, goal_state), bool)
+            info["success_block"] = np.asarray(lewm_success(state[:, 2:5], goal_state[:, 2:5]), bool)
+        return info

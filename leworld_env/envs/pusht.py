@@ -75,7 +75,9 @@ class _PushTGoalEnv(gym.Env):
 
     def _info(self) -> dict[str, Any]:
         info = _first(self._batched_info())
-        info["is_success"] = bool(info["is_success"])
+        for key in ("is_success", "success_strict", "success_block"):
+            if key in info:
+                info[key] = bool(info[key])
         info["coverage"] = float(info["coverage"])
         info["step"] = int(info["step"])
         return info
@@ -142,16 +144,20 @@ class LeWorldPushTEnv(_PushTGoalEnv):
 
     ## Starting state
     A real state from the model's start bank (``starts.safetensors``: held-out states of
-    real gym-pusht episodes), agent at rest; ``reset(options=...)`` takes ``bank_index``,
-    ``start`` (5 numbers) or ``goal_state`` (5 numbers, dataset goal).
+    real gym-pusht episodes); the model's history is its frame's latent repeated with zero
+    actions (a frame shows no velocity). ``reset(options=...)`` takes ``bank_index``,
+    ``start`` (5 numbers, or 7 with the agent's velocity) or ``goal_state`` (5 numbers,
+    dataset goal).
 
     ## Episode end
-    Terminated on success, judged on the probed block pose; truncated after
-    ``max_episode_steps``.
+    Terminated on success, judged on the probed block pose (unless ``terminate_on_success``
+    is off); truncated after ``max_episode_steps``.
 
     ## Info
     ``is_success``, ``coverage`` (of the goal tee by the probed block), ``state`` (the
-    probed agent x, y, block x, y, angle), ``goal_state``, ``step``.
+    probed agent x, y, block x, y, angle), ``goal_state``, ``step``; with the dataset goal
+    also ``success_strict`` (LeWM's test on the probed state: agent and block) and
+    ``success_block`` (the block-only test on it).
 
     ## Arguments
     The fields of :class:`~leworld_env.envs.settings.TaskSettings` (model, backend, goal, reward,
@@ -194,8 +200,12 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
     ``frameskip`` is a multiple) and encodes the new frame with the same
     model and backend; ``achieved_goal``'s pose, the reward, ``is_success``, ``coverage``
     and ``state`` come from the simulator's exact state; ``info["probed_state"]`` is
-    what the model's probe reads from the latent. Episodes start at rest from the same
-    bank, so a seed gives the same start and goal in both envs.
+    what the model's probe reads from the latent. Episodes start from the same bank, so a
+    seed gives the same start and goal in both envs; the simulator starts with the start's
+    recorded agent velocity (LeWM's evaluation restores it too), ``info["agent_vel"]`` is
+    the agent's velocity now (px/s), and ``info["targets"]`` float64 (physics steps, 2) the
+    absolute PD targets gym-pusht's ``step`` took during the last env step (none after a
+    reset): what replays the episode in a plain gym-pusht ``PushTEnv``.
 
     ## Hidden physics (``LeWorld-PushT-Hidden-Real-v0``, or ``hidden_physics=True``)
     Every reset draws the episode's :class:`~leworld_env.sim.pusht_sim.HiddenPhysics` (space damping,
@@ -230,6 +240,7 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         config = self.world_model.config
         self.sim = PushTSim(config.image_size, config.frameskip, config.action_scale)
         self.episodes = Episodes(self.setup, 1)
+        self._targets = np.zeros((0, 2))
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -238,6 +249,7 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         start, goal_state = start_and_goal(self.setup, self.np_random, options, extra=("physics",))
         physics = (options or {}).get("physics")
         self.sim.reset(state=start, physics=self._episode_physics(physics))
+        self._targets = np.zeros((0, 2))
         size = self.setup.image_size
         z = self.world_model.encode(np.stack([self.sim.frame(), draw_frames(goal_state[None], size)[0]]))
         self.episodes.begin(_HERE, z[:1], goal_state[None], z[1:], self.sim.block_pose[None])
@@ -253,13 +265,18 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         actions = check_actions(action, 1)
+        targets = []
         for _ in range(self.setup.predicts_per_step):
             self.sim.step(actions[0])
+            targets += [self.sim.last_target] * self.sim.frameskip  # one target held over the model step
+        self._targets = np.array(targets)
         self.episodes.push(_HERE, self.world_model.encode(self.sim.frame()[None]))
         return self._stepped(self.episodes.end_step(_HERE, self.sim.block_pose[None]))
 
     def _batched_info(self) -> dict[str, np.ndarray]:
         info = self.episodes.episode_info(self.sim.state().vector()[None], _HERE)
+        info["agent_vel"] = self.sim.agent_vel[None]
+        info["targets"] = self._targets[None].copy()
         info["probed_state"] = self.world_model.probe(self.episodes.z[0, -1:]).astype(np.float64)
         if self.hidden_physics:
             info["physics"] = self.sim.physics.vector()[None]  # for analysis only: an agent must not read it

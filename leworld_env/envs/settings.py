@@ -82,7 +82,12 @@ class TaskSettings:
         port: the board of a hardware backend: a device path (``/dev/ttyUSB0``) or a pyserial URL.
         goal: ``"fixed"``: gym-pusht's goal pose, success = coverage > 0.95; ``"dataset"``:
             the LeWM protocol, the goal is the real state 25 physics steps after the start,
-            success = block within 20 px and pi/9 of it.
+            ``is_success`` (and termination, and the ``"success"`` reward) = the block within
+            20 px and pi/9 of the goal's (the block-only test, read from the goal vectors); the
+            info also reports ``success_strict``, LeWM's own test on the whole state (agent and
+            block together within 20 px, block angle within pi/9:
+            :func:`~leworld_env.sim.pusht_sim.lewm_eval_state`), and ``success_block``, the
+            block-only test on the same state.
         reward: ``"coverage"``: gym-pusht's ``clip(coverage / 0.95, 0, 1)``; ``"latent"``: minus
             the root-mean-square distance between the latent and the goal latent; ``"success"``:
             1.0 on success, else 0.0.
@@ -101,6 +106,11 @@ class TaskSettings:
         hidden_physics: the real twin only: draw the episode's damping, friction and block mass
             at every reset (``LeWorld-PushT-Hidden-Real-v0``; default ``False``: gym-pusht's
             physics). The dream and the batched envs refuse ``True``.
+        terminate_on_success: end the episode (``terminated``) when ``is_success`` holds (default
+            ``True``, gym-pusht's habit). ``False`` runs every episode to ``max_episode_steps``
+            whatever happens, as LeWM's evaluation does (``leworld eval --protocol lewm`` sets it):
+            success there counts at any step, and an episode that met the block-only test may
+            still go on to meet the strict one.
     """
 
     model: str | Path | WorldModel = DEFAULT_MODEL
@@ -114,14 +124,17 @@ class TaskSettings:
     render_mode: str | None = None
     render_size: int = DEFAULT_RENDER_SIZE
     hidden_physics: bool = False
+    terminate_on_success: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.hidden_physics, (bool, np.bool_)):
-            raise ArgumentError(f"hidden_physics must be True or False, got {self.hidden_physics!r}")
+        for name in ("hidden_physics", "terminate_on_success"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ArgumentError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.render_mode is not None and self.render_mode not in RENDER_MODES:
             raise ArgumentError(f"unknown render_mode {self.render_mode!r}; choose one of: {', '.join(RENDER_MODES)}")
         checked = {
             "hidden_physics": bool(self.hidden_physics),
+            "terminate_on_success": bool(self.terminate_on_success),
             "render_size": check_render_size(self.render_size),
             "goal": check_choice("goal", self.goal, GOALS),
             "reward": check_choice("reward", self.reward, REWARDS),

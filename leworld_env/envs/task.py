@@ -182,6 +182,16 @@ def success(block_pose: np.ndarray, goal_pose: np.ndarray, goal: str, coverage: 
     return np.asarray(lewm_success(block_pose, goal_pose))
 
 
+def info_successes(info: dict[str, Any], goal: str) -> tuple[bool, bool]:
+    """One env's step info -> (the protocol's success, the block-only success): with the dataset goal
+    the info's ``success_strict`` (LeWM's test, agent and block) and ``success_block``; with the fixed
+    goal ``is_success`` (coverage) and the block-only test against gym-pusht's goal pose."""
+    if goal == "dataset":
+        return bool(info["success_strict"]), bool(info["success_block"])
+    state, target = np.asarray(info["state"]), np.asarray(info["goal_state"])
+    return bool(info["is_success"]), bool(lewm_success(state[2:5], target[2:5]))
+
+
 @dataclass(frozen=True)
 class GoalTerms:
     """What a batch of goal-vector pairs says: coverage, success, and root-mean-square latent distance."""
@@ -225,9 +235,11 @@ def compute_reward_batch(setup: TaskSetup, achieved: Any, desired: Any) -> np.nd
 def start_and_goal(
     setup: TaskSetup, rng: np.random.Generator, options: dict[str, Any] | None, extra: tuple[str, ...] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A start state (5,) and goal state (5,) (agent xy, block pose) for a new episode.
+    """A start state (7,) (agent xy, block pose, agent velocity) and a goal state (5,) (agent xy,
+    block pose) for a new episode.
 
-    Reset options: ``bank_index`` (int) picks a bank entry; ``start`` (5 numbers) and
+    Reset options: ``bank_index`` (int) picks a bank entry (its start with its recorded agent
+    velocity); ``start`` (5 numbers, at rest, or 7 with the agent's velocity vx, vy) and
     ``goal_state`` (5 numbers, ``goal="dataset"`` only) give states directly. ``extra``: option
     names the caller handles itself (accepted here, not used).
     Without options a bank entry is drawn from ``rng``.
@@ -243,9 +255,9 @@ def start_and_goal(
             raise ArgumentError(f"bank_index must be an integer in [0, {len(setup.bank)}), got {index!r}")
     else:
         index = setup.bank.draw(rng)
-    start, goal_state = setup.bank.start[index].copy(), setup.bank.goal[index].copy()
+    start, goal_state = setup.bank.start_state(index), setup.bank.goal[index].copy()
     if "start" in options:
-        start = _state_option("start", options["start"])
+        start = _state_option("start", options["start"], with_velocity=True)
     if "goal_state" in options:
         if setup.goal != "dataset":
             raise ArgumentError("reset option goal_state needs goal='dataset'; the fixed goal is gym-pusht's")
@@ -255,12 +267,17 @@ def start_and_goal(
     return start, goal_state
 
 
-def _state_option(name: str, value: Any) -> np.ndarray:
+def _state_option(name: str, value: Any, with_velocity: bool = False) -> np.ndarray:
+    """A state reset option as float64: 5 numbers, or (``with_velocity``) 7, returned as 7 (velocity 0 if absent)."""
     state = np.asarray(value, dtype=np.float64)
-    if state.shape != (5,) or not np.all(np.isfinite(state)):
+    shapes = ((5,), (7,)) if with_velocity else ((5,),)
+    if state.shape not in shapes or not np.all(np.isfinite(state)):
+        velocity = ", optionally followed by the agent's velocity vx, vy" if with_velocity else ""
         raise ArgumentError(
-            f"reset option {name} must be 5 finite numbers (agent x, y, block x, y, angle), got {value!r}"
+            f"reset option {name} must be 5 finite numbers (agent x, y, block x, y, angle{velocity}), got {value!r}"
         )
+    if with_velocity and state.shape == (5,):
+        state = np.concatenate([state, np.zeros(2)])
     return state
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from leworld_env.envs.pusht import LeWorldPushTEnv, LeWorldPushTRealEnv
 from leworld_env.envs.starts import GOAL_OFFSET
-from leworld_env.envs.task import model_folder
+from leworld_env.envs.task import info_successes, model_folder
 from leworld_env.sim.pusht_sim import TEE_CENTER_OF_GRAVITY, angle_difference
 from numba_kernels.pusht_raster import WORLD_SIZE
 from world_models.data.dataset import EpisodeSteps
@@ -72,17 +72,32 @@ class SideBySide:
 
     Args:
         world_model: one loaded model both envs use.
-        goal: ``"dataset"`` (LeWM protocol) or ``"fixed"`` (gym-pusht's goal).
+        goal: ``"dataset"`` (LeWM protocol: success = LeWM's strict test, the block-only test beside
+            it) or ``"fixed"`` (gym-pusht's goal: coverage).
         episode_steps: env steps before an episode is cut (the real env decides success).
         render_size: side of each half in pixels.
+        terminate_on_success: end an episode when the real env terminates on success (``False``:
+            always run ``episode_steps``, as the ``lewm`` protocol does).
     """
 
     def __init__(
-        self, world_model: WorldModel, goal: str = "dataset", episode_steps: int = 10, render_size: int = 256
+        self,
+        world_model: WorldModel,
+        goal: str = "dataset",
+        episode_steps: int = 10,
+        render_size: int = 256,
+        terminate_on_success: bool = True,
     ) -> None:
-        common = {"model": world_model, "goal": goal, "render_mode": "rgb_array", "render_size": render_size}
+        common = {
+            "model": world_model,
+            "goal": goal,
+            "render_mode": "rgb_array",
+            "render_size": render_size,
+            "terminate_on_success": terminate_on_success,
+        }
         self.real = LeWorldPushTRealEnv(**common)
         self.dream = LeWorldPushTEnv(**common)
+        self.goal = goal
         self.episode_steps = episode_steps
         self.render_size = render_size
         folder = model_folder(world_model)
@@ -93,20 +108,24 @@ class SideBySide:
         self.step_count = 0
         self.done = False
         self.success = False
+        self.success_block = False
         self._fonts = (_font(14), _font(12))
 
     def reset(self, seed: int, options: dict[str, Any] | None = None) -> None:
         """Both envs from the same start and goal (the same seed and options)."""
         self.obs, self.real_info = self.real.reset(seed=seed, options=options)
         _, self.dream_info = self.dream.reset(seed=seed, options=options)
-        self.step_count, self.done, self.success = 0, False, bool(self.real_info["is_success"])
+        self.step_count, self.done = 0, False
+        self.success, self.success_block = info_successes(self.real_info, self.goal)
 
     def step(self, action: np.ndarray) -> None:
-        """One action to both envs; the episode ends on real success or after ``episode_steps``."""
+        """One action to both envs; the episode ends on real success (where the envs terminate on it)
+        or after ``episode_steps``."""
         self.obs, _, terminated, _, self.real_info = self.real.step(action)
         _, _, _, _, self.dream_info = self.dream.step(action)
         self.step_count += 1
-        self.success = self.success or bool(self.real_info["is_success"])
+        strict, block = info_successes(self.real_info, self.goal)
+        self.success, self.success_block = self.success or strict, self.success_block or block
         self.done = terminated or self.step_count >= self.episode_steps
 
     def drift(self) -> tuple[float, float]:
@@ -131,8 +150,10 @@ class SideBySide:
             x = i * (size + GAP)
             draw.text((x + 4, 4), label, fill=TEXT, font=big)
             canvas.paste(Image.fromarray(picture), (x, HEADER))
-            won = bool(info["is_success"])
+            won, block = info_successes(info, self.goal)
             status = f"coverage {info['coverage']:.2f}   success {'yes' if won else 'no'}"
+            if self.goal == "dataset":
+                status += f"   block only {'yes' if block else 'no'}"
             draw.text((x + 4, HEADER + size + 4), status, fill=SUCCESS if won else TEXT, font=small)
         draw.text((4, HEADER + size + 24), footer, fill=MUTED, font=small)
         return np.asarray(canvas)
@@ -182,7 +203,8 @@ class EpisodeSummary:
     """One side-by-side episode, judged on the real env."""
 
     index: int
-    success: bool
+    success: bool  # dataset goal: LeWM's strict test at some step; fixed goal: coverage
+    success_block: bool  # the block-only test at some step
     steps: int
     final_coverage: float
     final_position_error: float  # real block to goal, px
@@ -205,6 +227,11 @@ class PlayResult:
         """Episodes that succeeded on real physics."""
         return sum(e.success for e in self.episodes)
 
+    @property
+    def block_successes(self) -> int:
+        """Episodes that met the block-only test on real physics."""
+        return sum(e.success_block for e in self.episodes)
+
 
 @dataclass
 class PlaySettings:
@@ -215,6 +242,7 @@ class PlaySettings:
     seed: int = 0  # episode i resets with seed + i
     goal: str = "dataset"
     episode_steps: int = 10
+    terminate_on_success: bool = True  # False: every episode runs episode_steps (the lewm protocol)
     headless: bool = True
     record: Path | None = None
     fps: float = 4.0
@@ -238,7 +266,9 @@ def play(world_model: WorldModel, source: ActionSource | None, settings: PlaySet
     window = None if settings.headless else _open_window(settings)
     if window is None and source is None:
         raise LeWorldError("the keyboard agent needs a window, and none could open")
-    scene = SideBySide(world_model, settings.goal, settings.episode_steps, settings.render_size)
+    scene = SideBySide(
+        world_model, settings.goal, settings.episode_steps, settings.render_size, settings.terminate_on_success
+    )
     result, frames = PlayResult(record=record), []
     try:
         _Session(scene, source, settings, window, result, frames).run()
@@ -310,6 +340,7 @@ class _Session:
             EpisodeSummary(
                 index=self.index,
                 success=scene.success,
+                success_block=scene.success_block,
                 steps=scene.step_count,
                 final_coverage=float(scene.real_info["coverage"]),
                 final_position_error=float(np.linalg.norm(state[2:4] - goal[2:4])),

@@ -10,7 +10,8 @@ adds what a world-model pipeline needs:
   ``agent_xy + a * action_scale`` (LeWM's convention, 100 px by default),
   clipped to the 512x512 world and held for ``frameskip`` physics steps;
 * frames drawn straight at 64, 96 or 224 px by :func:`numba_kernels.render_pusht`;
-* gym-pusht's coverage and the LeWM success test.
+* gym-pusht's coverage, LeWM's success test (:func:`lewm_eval_state`) and the looser
+  block-only one (:func:`lewm_success`).
 
 Vocabulary: a *physics step* is one call of gym-pusht's ``step`` (0.1 s of
 simulated time, ten 0.01 s pymunk sub-steps); a *model step* is ``frameskip``
@@ -181,14 +182,33 @@ def angle_difference(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray
 
 
 def lewm_success(block_pose: np.ndarray, goal_block_pose: np.ndarray) -> np.ndarray:
-    """LeWM's success test: block position error < 20 px and angle error < pi/9.
+    """The block-only test: block position error < 20 px and angle error < pi/9.
 
+    Looser than LeWM's own :func:`lewm_eval_state`, which also counts the agent's position.
     Works on single poses (3,) or batches (..., 3).
     """
     block_pose = np.asarray(block_pose, dtype=np.float64)
     goal_block_pose = np.asarray(goal_block_pose, dtype=np.float64)
     position_error = np.linalg.norm(block_pose[..., :2] - goal_block_pose[..., :2], axis=-1)
     angle_error = angle_difference(block_pose[..., 2], goal_block_pose[..., 2])
+    return (position_error < LEWM_POSITION_TOLERANCE) & (angle_error < LEWM_ANGLE_TOLERANCE)
+
+
+def lewm_eval_state(state: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
+    """LeWM's success test (its PushT ``eval_state``) on states (agent x, y, block x, y, angle).
+
+    Success: the Euclidean norm of the difference of (agent x, agent y, block x, block y) to
+    the goal's is below 20 px, and the block's angle error below pi/9. Works on single states
+    (5,) or batches (..., 5); anything after the fifth field (a velocity) is ignored.
+    """
+    state = np.asarray(state, dtype=np.float64)
+    goal_state = np.asarray(goal_state, dtype=np.float64)
+    if state.shape[-1] < 5 or goal_state.shape[-1] < 5:
+        raise ArgumentError(
+            f"states have 5 fields (agent x, y, block x, y, angle), got shapes {state.shape} and {goal_state.shape}"
+        )
+    position_error = np.linalg.norm(state[..., :4] - goal_state[..., :4], axis=-1)
+    angle_error = angle_difference(state[..., 4], goal_state[..., 4])
     return (position_error < LEWM_POSITION_TOLERANCE) & (angle_error < LEWM_ANGLE_TOLERANCE)
 
 
@@ -208,6 +228,14 @@ def legacy_reset_position(block_xy: np.ndarray, angle: float) -> np.ndarray:
         ]
     )
     return np.asarray(block_xy, dtype=np.float64) - TEE_CENTER_OF_GRAVITY + rotated_cog
+
+
+def gym_pusht_reset_state(state: np.ndarray) -> np.ndarray:
+    """What to pass as gym-pusht's ``reset(options={"reset_to_state": ...})`` so that the scene starts at
+    ``state`` (agent x, y, block x, y, angle; anything after is ignored): float64 (5,), the block's
+    position compensated by :func:`legacy_reset_position`."""
+    state = np.asarray(state, dtype=np.float64)
+    return np.concatenate([state[:2], legacy_reset_position(state[2:4], float(state[4])), state[4:5]])
 
 
 class PushTSim:
@@ -245,6 +273,7 @@ class PushTSim:
         # The raw env, unwrapped: no TimeLimit, no order enforcing, no pixel rendering.
         self.env = PushTEnv(obs_type="state", render_mode="rgb_array")
         self.last_contacts = 0
+        self.last_target: np.ndarray | None = None  # the absolute target of the last physics step
         self._frame_buffer = np.empty((1, self.image_size, self.image_size, 3), dtype=np.uint8)
 
     # ----------------------------------------------------------------- state
@@ -319,12 +348,12 @@ class PushTSim:
                     "state must be 5 finite numbers (agent_x, agent_y, block_x, block_y, block_angle), "
                     f"optionally followed by the agent velocity (vx, vy); got {state!r}"
                 )
-            legacy = np.concatenate([state[:2], legacy_reset_position(state[2:4], float(state[4])), state[4:5]])
-            self.env.reset(seed=seed, options={"reset_to_state": legacy})
+            self.env.reset(seed=seed, options={"reset_to_state": gym_pusht_reset_state(state)})
             if state.shape == (7,):
                 self.env.agent.velocity = (float(state[5]), float(state[6]))
         self._apply_body_physics()
         self.last_contacts = 0
+        self.last_target = None
         return self.state()
 
     def _apply_body_physics(self) -> None:
@@ -348,8 +377,9 @@ class PushTSim:
         return np.clip(self.agent_pos + action * self.action_scale, 0.0, WORLD_SIZE)
 
     def physics_step(self, target: np.ndarray) -> None:
-        """One gym-pusht physics step towards an absolute target (x, y) in pixels."""
-        self.env.step(np.asarray(target, dtype=np.float64))
+        """One gym-pusht physics step towards an absolute target (x, y) in pixels (kept in :attr:`last_target`)."""
+        self.last_target = np.array(target, dtype=np.float64)
+        self.env.step(self.last_target)
         self.last_contacts = int(self.env.n_contact_points)
 
     def step(self, action: np.ndarray) -> PushTState:
