@@ -24,6 +24,12 @@ Variants (``--variants``):
 * ``vit16_z128``: ``tiny`` with latent 128.
 * ``cnn_z128``: the conv stem with latent 128.
 
+``--pose-weight W`` (default 0: pure LeWM) adds the pose-aware auxiliary loss the issue offers: a
+small head (Linear 256, GELU, Linear 6) trained jointly regresses the probe's six targets (agent
+xy, block xy, sin/cos of the angle) from every frame's latent ``z``, and ``W`` times its mean
+squared error joins LeWM's loss. The head is the study's own (the probe that scores a variant is
+fitted afresh afterwards, as for every variant); the result is named ``VARIANT_poseW``.
+
 Run variants in separate processes to put them side by side on a 2-core machine (one thread
 each), then print the table from the JSON files::
 
@@ -141,6 +147,35 @@ def encode_ms_per_frame(model: LeWM, pixels: np.ndarray, repeats: int = 3) -> fl
     return 1000.0 * best / len(px)
 
 
+def pose_head(latent_dim: int) -> nn.Module:
+    """The auxiliary head: latent (N, D) -> the probe's six targets (N, 6)."""
+    return nn.Sequential(nn.Linear(latent_dim, 256), nn.GELU(), nn.Linear(256, len(PROBE_FIELDS)))
+
+
+def pose_step(
+    model: LeWM,
+    head: nn.Module,
+    pixels: torch.Tensor,
+    actions: torch.Tensor,
+    state: np.ndarray,
+    generator: torch.Generator,
+    args: argparse.Namespace,
+) -> dict[str, torch.Tensor]:
+    """LeWM's loss plus ``args.pose_weight`` x the head's error on every frame's latent; backward."""
+    from world_models.lewm.probe import state_to_targets
+
+    latents: list[torch.Tensor] = []
+    hook = model.encoder.register_forward_hook(lambda _m, _i, output: latents.append(output))
+    try:
+        out = model(pixels, actions, generator)
+    finally:
+        hook.remove()
+    targets = state_to_targets(state.reshape(-1, state.shape[-1]))  # frames in the encoder's order
+    pose = torch.nn.functional.mse_loss(head(latents[0]), targets)
+    (out["loss"] + args.pose_weight * pose).backward()
+    return {**out, "pose": pose.detach()}
+
+
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     info = load_dataset_info(args.data)
     size = VARIANTS[name][1]
@@ -149,12 +184,14 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     cfg = TrainConfig(data=str(args.data), out="", batch_size=args.batch_size, seed=args.seed)
     train = clips_for(args.data, size, h, cfg.num_preds, "train", args.seed, check=size != info.image_size)
     train.rng = np.random.default_rng(args.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head = pose_head(model.cfg.latent_dim) if args.pose_weight > 0 else None
+    trained = list(model.parameters()) + ([] if head is None else list(head.parameters()))
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = count_parameters(model)
     print(f"[{name}] params {params}", flush=True)
 
     model.train()
-    losses, step, tick = [], 0, time.perf_counter()
+    losses, pose_losses, step, tick = [], [], 0, time.perf_counter()
     while True:
         elapsed = time.perf_counter() - tick
         frac = step / args.steps if args.steps else elapsed / args.budget_s
@@ -164,11 +201,15 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         batch = train.sample(cfg.batch_size)
         set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
-        out = train_step(
-            model, torch.from_numpy(batch.pixels), torch.from_numpy(batch.actions), sigreg_generator(args.seed, step)
-        )
-        clip_and_step(model.parameters(), optimizer, cfg.grad_clip)
+        pixels, actions = torch.from_numpy(batch.pixels), torch.from_numpy(batch.actions)
+        if head is None:
+            out = train_step(model, pixels, actions, sigreg_generator(args.seed, step))
+        else:
+            out = pose_step(model, head, pixels, actions, batch.state, sigreg_generator(args.seed, step), args)
+        clip_and_step(trained, optimizer, cfg.grad_clip)
         losses.append([out[k].item() for k in ("loss", "prediction", "sigreg")])
+        if head is not None:
+            pose_losses.append(out["pose"].item())
         step += 1
         if step % 100 == 0:
             print(f"[{name}] step {step} {elapsed:.0f}s loss {np.mean(losses[-100:], 0).round(4).tolist()}", flush=True)
@@ -194,7 +235,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     errors = open_loop_errors(model, val, 8, 128)
     ms = encode_ms_per_frame(model, probe_val.pixels[:256])
     result = {
-        "variant": name,
+        "variant": name if head is None else f"{name}_pose{args.pose_weight:g}",
+        "pose_weight": args.pose_weight,
+        "final_pose_loss": float(np.mean(pose_losses[-50:])) if pose_losses else None,
         "encoder": VARIANTS[name][0],
         "config": model.cfg.to_dict(),
         "threads": torch.get_num_threads(),
@@ -250,6 +293,7 @@ def main() -> None:
     p.add_argument("--probe-steps", type=int, default=1500)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pose-weight", type=float, default=0.0, help="weight of the auxiliary pose loss (0: none)")
     p.add_argument("--out", type=Path, help="folder for one JSON per variant")
     p.add_argument("--table", type=Path, help="print the markdown table of a --out folder and exit")
     args = p.parse_args()
@@ -262,7 +306,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
         result = run_variant(name, args)
-        atomic_write_bytes(args.out / f"{name}.json", json.dumps(result, indent=2).encode())
+        atomic_write_bytes(args.out / f"{result['variant']}.json", json.dumps(result, indent=2).encode())
 
 
 if __name__ == "__main__":
