@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from gym_pusht.envs import PushTEnv
 
+from leworld_env.envs.settings import check_positive_int
 from leworld_env.sim.pusht_sim import lewm_eval_state, lewm_success
 from world_models.errors import ArgumentError, LeWorldError
 
@@ -76,8 +77,7 @@ def replay_episode(episode: dict[str, Any], frameskip: int = 5) -> ReplayOutcome
     For a ``lewm`` run compare ``success`` and ``success_block`` with the episode's; for a ``pusht``
     run, ``success_coverage`` with its ``success`` and ``success_block`` with its ``success_block``.
     """
-    if isinstance(frameskip, bool) or not isinstance(frameskip, int) or frameskip < 1:
-        raise ArgumentError(f"frameskip must be a positive whole number, got {frameskip!r}")
+    frameskip = check_positive_int("frameskip", frameskip)
     start = _vector(episode, "start", 7)
     reset_state = _vector(episode, "reset_to_state", 5)
     goal = _vector(episode, "goal", 5)
