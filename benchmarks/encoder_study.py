@@ -23,6 +23,9 @@ Variants (``--variants``):
   LeWM's projector. No BatchNorm in the stem (recalibration covers the projectors only).
 * ``vit16_z128``: ``tiny`` with latent 128.
 * ``cnn_z128``: the conv stem with latent 128.
+* ``cnn_gn``: the package's conv encoder (``ModelConfig(encoder="cnn")``, preset ``tiny_cnn``):
+  the same stem with GroupNorm(8) after every conv.
+* ``cnn_bn``: the study's stem with BatchNorm after every conv.
 
 ``--pose-weight W`` (default 0: pure LeWM) adds the pose-aware auxiliary loss the issue offers: a
 small head (Linear 256, GELU, Linear 6) trained jointly regresses the probe's six targets (agent
@@ -73,12 +76,17 @@ from world_models.training import clip_and_step, set_lr, warmup_cosine
 class ConvEncoder(nn.Module):
     """Pixels uint8 (N, H, W, 3) -> latents (N, D): a 4-layer stride-2 conv stem, then LeWM's projector."""
 
-    def __init__(self, cfg, channels=(32, 64, 128, 128)) -> None:
+    def __init__(self, cfg, channels=(32, 64, 128, 128), norm: str = "") -> None:
         super().__init__()
         self.cfg = cfg
         layers, c_in = [], 3
         for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GELU()]
+            layers.append(nn.Conv2d(c_in, c, 3, stride=2, padding=1))
+            if norm == "gn":
+                layers.append(nn.GroupNorm(8, c))
+            elif norm == "bn":
+                layers.append(nn.BatchNorm2d(c))
+            layers.append(nn.GELU())
             c_in = c
         self.stem = nn.Sequential(*layers)
         side = cfg.image_size // 2 ** len(channels)
@@ -99,6 +107,8 @@ VARIANTS = {
     "cnn": ("cnn", 64, {}),
     "vit16_z128": ("vit", 64, {"latent_dim": 128}),
     "cnn_z128": ("cnn", 64, {"latent_dim": 128}),
+    "cnn_gn": ("conv", 64, {"encoder": "cnn"}),  # the package's own conv encoder (preset tiny_cnn)
+    "cnn_bn": ("cnn_bn", 64, {}),
 }
 
 
@@ -108,8 +118,8 @@ def build(name: str, data_info, seed: int) -> LeWM:
     cfg = dataclasses.replace(cfg, frameskip=data_info.frameskip, action_scale=data_info.action_scale)
     torch.manual_seed(seed)
     model = LeWM(cfg)
-    if kind == "cnn":
-        model.encoder = ConvEncoder(cfg)
+    if kind.startswith("cnn"):
+        model.encoder = ConvEncoder(cfg, norm=kind.partition("_")[2])
     init_weights(model)
     return model
 

@@ -78,6 +78,81 @@ def batch_norm(
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
+def _group_norm_act(x, groups, weight, bias, eps, act, out):
+    b_size, positions, channels = x.shape
+    per = channels // groups
+    count = positions * per
+    for b in range(b_size):
+        for g in range(groups):
+            lo, hi = g * per, (g + 1) * per
+            total = 0.0  # float64: a group spans thousands of values
+            for p in range(positions):
+                for c in range(lo, hi):
+                    total += x[b, p, c]
+            mean = total / count
+            sq = 0.0
+            for p in range(positions):
+                for c in range(lo, hi):
+                    sq += (x[b, p, c] - mean) * (x[b, p, c] - mean)
+            m32 = np.float32(mean)
+            inv = np.float32(1.0 / math.sqrt(sq / count + eps))
+            for p in range(positions):
+                for c in range(lo, hi):
+                    out[b, p, c] = activate((x[b, p, c] - m32) * inv * weight[c] + bias[c], act)
+
+
+def group_norm(x: np.ndarray, groups: int, weight: np.ndarray, bias: np.ndarray, act: int = 0) -> np.ndarray:
+    """GroupNorm (torch's: biased variance, affine per channel) on channels-last x [B, S, C], then an
+    activation (see ``linear``): each of ``groups`` consecutive channel groups is normalized over
+    its channels and all S positions of a sample."""
+    c = x.shape[2]
+    if c % groups or weight.shape != (c,) or bias.shape != (c,):
+        raise ValueError(
+            f"group_norm: {c} channels in {groups} groups with weight/bias [{c}], got "
+            f"{list(weight.shape)} / {list(bias.shape)}"
+        )
+    out = np.empty_like(x)
+    _group_norm_act(np.ascontiguousarray(x), groups, weight, bias, EPS, act, out)
+    return out
+
+
+@njit(cache=True)
+def _im2col(x, kernel, stride, padding, out):
+    b_size, h, w, channels = x.shape
+    side_h = (h + 2 * padding - kernel) // stride + 1
+    side_w = (w + 2 * padding - kernel) // stride + 1
+    for b in range(b_size):
+        for oy in range(side_h):
+            for ox in range(side_w):
+                row = (b * side_h + oy) * side_w + ox
+                for c in range(channels):
+                    for ky in range(kernel):
+                        iy = oy * stride - padding + ky
+                        for kx in range(kernel):
+                            ix = ox * stride - padding + kx
+                            inside = 0 <= iy < h and 0 <= ix < w
+                            out[row, (c * kernel + ky) * kernel + kx] = x[b, iy, ix, c] if inside else np.float32(0.0)
+
+
+def conv_side(side: int, kernel: int, stride: int, padding: int) -> int:
+    """Output side of a convolution over ``side`` pixels."""
+    return (side + 2 * padding - kernel) // stride + 1
+
+
+def im2col(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """The patches a 2-D convolution reads, as rows: channels-last x [B, H, W, C] ->
+    [B * Ho * Wo, C * kernel * kernel], rows in (sample, row, column) order, each patch flattened
+    in (channel, kernel row, kernel column) order (torch's Conv2d weight layout), zeros outside."""
+    b, h, w, c = x.shape
+    side_h, side_w = conv_side(h, kernel, stride, padding), conv_side(w, kernel, stride, padding)
+    if min(side_h, side_w) < 1:
+        raise ValueError(f"im2col: a {h}x{w} input is smaller than a {kernel}x{kernel} kernel with padding {padding}")
+    out = np.empty((b * side_h * side_w, c * kernel * kernel), np.float32)
+    _im2col(np.ascontiguousarray(x, dtype=np.float32), kernel, stride, padding, out)
+    return out
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _act(x, act, out):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):

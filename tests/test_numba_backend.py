@@ -17,17 +17,21 @@ import torch
 
 import world_models
 from tests.conftest import run_cli
-from tests.test_lewm import SMALL, small_model
+from tests.test_lewm import SMALL
 from world_models.backends.quantize import MODES, agreement, layer_formats, quantize_folder, wanda_prune
+from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
 from world_models.lewm.folder import save_model
+from world_models.lewm.model import LeWM, init_weights
 from world_models.lewm.probe import Probe
 
 
-def randomized_model(seed: int = 0):
-    """The small model with every weight random (adaLN gates and BatchNorm statistics included),
-    so that every path of the forward pass matters."""
-    model = small_model(seed)
+def randomized_model(seed: int = 0, cfg: ModelConfig = SMALL) -> LeWM:
+    """A model of ``cfg`` (default: the small one) with every weight random (adaLN gates and
+    BatchNorm statistics included), so that every path of the forward pass matters."""
+    torch.manual_seed(seed)  # built as tests.test_lewm.small_model builds it, then overwritten
+    model = LeWM(cfg)
+    init_weights(model)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -40,15 +44,20 @@ def randomized_model(seed: int = 0):
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "random"
-    probe = Probe(SMALL.latent_dim, hidden=32)
+def save_randomized(folder, cfg: ModelConfig = SMALL):
+    """:func:`randomized_model` of ``cfg`` with a random probe, saved into ``folder`` by the package's
+    ``save_model``; returns ``folder``."""
+    probe = Probe(cfg.latent_dim, hidden=32)
     with torch.no_grad():
         for p in probe.parameters():
             p.normal_(0, 0.3)
-    save_model(folder, randomized_model(), probe, {"r2_val": {}})
+    save_model(folder, randomized_model(cfg=cfg), probe, {"r2_val": {}})
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_randomized(tmp_path_factory.mktemp("models") / "random")
 
 
 def inputs(b: int = 4, seed: int = 0):

@@ -64,7 +64,7 @@ def tiny_run(short_dataset, tmp_path_factory):
         "--quiet",
     )
     assert result.returncode == 0, result.stderr
-    assert "parameters: encoder.vit" in result.stdout and "probe R^2" in result.stdout
+    assert "parameters: encoder.backbone" in result.stdout and "probe R^2" in result.stdout
     return out
 
 

@@ -21,6 +21,10 @@ CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 DEFAULT_IMAGE_SIZE = 64  # the default preset's frames; what `leworld collect` writes unless told
 MIN_IMAGE_SIZE = 8  # the smallest frame the PushT renderer draws
+ENCODERS = ("vit", "cnn")
+CONV_MULTIPLIERS = (1, 2, 4, 4)  # conv-stem channels per layer, in units of conv_width
+CONV_LAYERS = len(CONV_MULTIPLIERS)  # each halves the frame side (3x3, stride 2, padding 1)
+CONV_GROUPS = 8  # GroupNorm groups in every conv-stem layer
 
 
 def check_image_size(size: Any, name: str = "image_size") -> int:
@@ -49,8 +53,13 @@ class ModelConfig:
 
     Attributes:
         image_size: square input frames, pixels.
+        encoder: ``"vit"`` (LeWM's) or ``"cnn"`` (a GroupNorm conv stem, :data:`CONV_LAYERS`
+            stride-2 layers; the shipped model's, because it sees the block's angle at 64 px).
         patch_size: ViT patch side (``image_size`` must be a multiple).
-        encoder_dim / encoder_depth / encoder_heads: the ViT encoder.
+        encoder_dim / encoder_depth / encoder_heads: the ViT encoder; ``encoder_dim`` is also the
+            conv stem's output width (before the projector).
+        conv_width: channels of the conv stem's first layer; the layers have
+            ``conv_width * (1, 2, 4, 4)`` channels.
         latent_dim: size D of the latent ``z``.
         projector_hidden: hidden width of the projector MLPs (with BatchNorm).
         predictor_dim / predictor_depth / predictor_heads: the causal adaLN-zero predictor.
@@ -63,9 +72,14 @@ class ModelConfig:
         sigreg_weight: lambda of the SIGReg term (LeWM: 0.09).
         sigreg_projections: random 1-D projections per SIGReg evaluation.
         sigreg_knots: integration points of the Epps-Pulley statistic on [0, 3].
+        pose_weight: weight of the pose-aware auxiliary loss (0: pure LeWM). Above 0 the model
+            has a small head regressing the probe's six targets (agent xy, block xy, sin/cos of
+            the angle) from every encoded and every predicted latent; its error times this
+            weight joins the loss. Not in LeWM; the shipped model uses it (docs/design.md).
     """
 
     image_size: int = DEFAULT_IMAGE_SIZE
+    encoder: str = "vit"
     patch_size: int = 16
     encoder_dim: int = 96
     encoder_depth: int = 4
@@ -77,6 +91,7 @@ class ModelConfig:
     predictor_heads: int = 4
     action_dim: int = 2
     action_embed_dim: int = 16
+    conv_width: int = 32
     history: int = 3
     frameskip: int = 5
     action_scale: float = 100.0
@@ -84,6 +99,7 @@ class ModelConfig:
     sigreg_weight: float = 0.09
     sigreg_projections: int = 256
     sigreg_knots: int = 17
+    pose_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance, never read by the model
 
     def __post_init__(self) -> None:
@@ -93,12 +109,24 @@ class ModelConfig:
                 problems.append(f"{f.name} must be >= 1, got {getattr(self, f.name)}")
         if problems:
             raise LeWorldError("invalid model config: " + "; ".join(problems))
-        if self.image_size % self.patch_size:
+        if self.encoder not in ENCODERS:
+            problems.append(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.encoder == "cnn" and self.image_size % 2**CONV_LAYERS:
+            problems.append(f"image_size {self.image_size} is not a multiple of {2**CONV_LAYERS} (the conv stem)")
+        if self.encoder == "cnn":
+            problems += [
+                f"conv_width * {m} = {self.conv_width * m} is not divisible by {CONV_GROUPS} GroupNorm groups"
+                for m in CONV_MULTIPLIERS
+                if self.conv_width * m % CONV_GROUPS
+            ][:1]
+        elif self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        for name in ("encoder", "predictor"):
+        for name in ("encoder", "predictor") if self.encoder == "vit" else ("predictor",):
             dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
             if dim % heads:
                 problems.append(f"{name}_dim {dim} is not divisible by {name}_heads {heads}")
+        if not self.pose_weight >= 0:
+            problems.append(f"pose_weight must be >= 0, got {self.pose_weight}")
         if not (self.mlp_ratio > 0 and self.action_scale > 0):
             problems.append(f"mlp_ratio and action_scale must be > 0, got {self.mlp_ratio}, {self.action_scale}")
         if problems:
@@ -107,6 +135,16 @@ class ModelConfig:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def conv_channels(self) -> tuple[int, ...]:
+        """Output channels of each conv-stem layer."""
+        return tuple(self.conv_width * m for m in CONV_MULTIPLIERS)
+
+    @property
+    def conv_side(self) -> int:
+        """Side of the conv stem's last feature map."""
+        return self.image_size // 2**CONV_LAYERS
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -127,6 +165,7 @@ class ModelConfig:
             ok = {
                 "int": isinstance(value, int) and not isinstance(value, bool),
                 "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                "str": isinstance(value, str),
                 "dict[str, Any]": isinstance(value, dict),
             }.get(expected, True)
             if not ok:
@@ -171,6 +210,10 @@ def _slim(latent: int, enc: int, pred: int) -> ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
+    # tiny with the conv stem: the shipped model's encoder (docs/results.md, encoder variants)
+    "tiny_cnn": ModelConfig(encoder="cnn"),
+    # ... and the pose-aware auxiliary loss: the shipped model's recipe (not pure LeWM)
+    "tiny_cnn_pose": ModelConfig(encoder="cnn", pose_weight=1.0),
     "slim_48d_2e_2p": _slim(48, 2, 2),
     "slim_64d_3e_3p": _slim(64, 3, 3),
     "slim_96d_2e_3p": _slim(96, 2, 3),

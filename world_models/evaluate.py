@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from world_models.config import ModelConfig
 from world_models.data.dataset import PushTClips
 from world_models.lewm.probe import PROBE_FIELDS, r2_per_field, state_to_targets
 
@@ -68,6 +69,29 @@ def run_summary(run: Path) -> tuple[list[tuple[int, float]], float]:
     return [(step, value) for step, (value, _) in ordered], wall
 
 
+def encoder_summary(cfg: ModelConfig) -> tuple[str, str]:
+    """The model card's words for a config's encoder: (kind, for the title line; its shape, for the model line)."""
+    if cfg.encoder == "cnn":
+        channels = "-".join(str(c) for c in cfg.conv_channels)
+        return "conv encoder", (
+            f"encoder {len(cfg.conv_channels)} x conv 3x3 stride 2 ({channels} channels, GroupNorm) "
+            f"+ linear to {cfg.encoder_dim}d"
+        )
+    return "ViT encoder", f"patch {cfg.patch_size}, encoder {cfg.encoder_dim}d x {cfg.encoder_depth}"
+
+
+def loss_summary(cfg: ModelConfig) -> str:
+    """The model card's words for the training loss: LeWM's, and the pose loss where it was used."""
+    lewm = f"LeWM's (next-latent MSE + {cfg.sigreg_weight:g} x SIGReg)"
+    if cfg.pose_weight > 0:
+        return (
+            f"{lewm} + {cfg.pose_weight:g} x the pose-aware auxiliary loss (a head regressing agent xy, "
+            "block xy and the angle's sin/cos from every encoded and predicted latent; not in LeWM, see "
+            "docs/design.md)"
+        )
+    return lewm
+
+
 def write_model_card(model_dir: Path, data: Path, run: Path | None, commands: list[str]) -> str:
     """Measure, then write ``MODEL_CARD.md`` into the model folder; returns its text."""
     import world_models
@@ -92,21 +116,23 @@ def write_model_card(model_dir: Path, data: Path, run: Path | None, commands: li
         for k in range(len(errors["rollout"]))
     )
     preset_name = cfg.extra.get("preset", "?")
+    encoder_kind, encoder_shape = encoder_summary(cfg)
     text = f"""# {model_dir.name}: LeWM {preset_name} world model of PushT
 
-A LeWM JEPA (ViT encoder, adaLN-zero predictor, SIGReg) trained from {cfg.image_size} px
+A LeWM JEPA ({encoder_kind}, adaLN-zero predictor, SIGReg) trained from {cfg.image_size} px
 frames of real PushT (gym-pusht physics) with this package's own pipeline, on a
 machine with {os.cpu_count()} CPU cores and no GPU.
 Measured values only: this card is written by `python -m world_models.evaluate`.
 
 ## Model
 
-- Preset `{preset_name}`: {cfg.image_size} px frames, patch {cfg.patch_size},
-  encoder {cfg.encoder_dim}d x {cfg.encoder_depth}, latent {cfg.latent_dim},
+- Preset `{preset_name}`: {cfg.image_size} px frames, {encoder_shape},
+  latent {cfg.latent_dim},
   predictor {cfg.predictor_dim}d x {cfg.predictor_depth}, history {cfg.history}
 - Parameters: {", ".join(f"{k} {v:,}" for k, v in params.items())}
 - Actions: relative moves in [-1, 1]^2 x {cfg.action_scale:g} px, held for {cfg.frameskip} physics steps
 - Training data: `{cfg.extra.get("dataset", "?")}` ({cfg.extra.get("dataset_policy", "?")} policy)
+- Loss: {loss_summary(cfg)}
 {run_info}
 ## Probe R^2 (latent -> physical state)
 

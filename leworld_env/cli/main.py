@@ -204,7 +204,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a LeWM world model on a collected dataset",
         description=(
-            "Train a LeWM JEPA (ViT encoder, adaLN-zero predictor, SIGReg) on a leworld collect dataset; "
+            "Train a LeWM JEPA (ViT or conv encoder, adaLN-zero predictor, SIGReg) on a leworld collect dataset; "
             "TensorBoard logs in OUT/tb, resumable checkpoints in OUT/checkpoint.pt (Ctrl-C saves), the "
             "model with its state probe in OUT/model. Several processes: torchrun --nproc_per_node=N "
             "-m world_models.lewm.train with the same options (the LeWM model; the memory model, "

@@ -2,8 +2,9 @@
 
 The forward pass mirrors :mod:`world_models.lewm.model` line for line, over numpy
 arrays: linear layers are :class:`~numba_kernels.linear.QLinear` (float32,
-Q4_0, Q8_0, INT8 or ternary weights), everything else (embeddings, norms,
-BatchNorm statistics, the probe) stays float32. Two shortcuts that change no
+Q4_0, Q8_0, INT8 or ternary weights; the conv stem's convolutions run as linear
+layers over im2col patches), everything else (embeddings, norms, BatchNorm
+statistics, the probe) stays float32. Two shortcuts that change no
 output: the predictor's last block and projector run on the last time step
 only (the only one ``predict`` returns), and BatchNorm uses its running
 statistics (eval mode).
@@ -23,18 +24,44 @@ from pathlib import Path
 import numpy as np
 
 from numba_kernels.linear import GELU, SILU, QLinear
-from numba_kernels.nn_ops import apply_activation, attention, batch_norm, layer_norm, modulated_layer_norm
-from world_models.backends.layout import check_tensors, linear_shapes, other_shapes
+from numba_kernels.nn_ops import (
+    apply_activation,
+    attention,
+    batch_norm,
+    group_norm,
+    im2col,
+    layer_norm,
+    modulated_layer_norm,
+)
+from world_models.backends.layout import (
+    CONV_KERNEL,
+    CONV_PADDING,
+    CONV_STRIDE,
+    check_tensors,
+    conv_stem,
+    linear_shapes,
+    other_shapes,
+)
 from world_models.backends.lq40 import read_model
-from world_models.config import ModelConfig
+from world_models.config import CONV_GROUPS, ModelConfig
 from world_models.errors import LeWorldError
 from world_models.files import read_safetensors
 from world_models.interface import WorldModel
 
 
 def linear_from_state(state: Mapping[str, np.ndarray], prefix: str, shape: tuple[int, int]) -> np.ndarray:
-    """A linear layer's float32 weight [out, in] from a state dict (convolutions flattened)."""
-    return np.ascontiguousarray(np.asarray(state[f"{prefix}.weight"], np.float32).reshape(shape))
+    """A linear layer's float32 weight [out, in] from a state dict (convolutions flattened).
+
+    Raises:
+        ValueError: naming the tensor, where its shape is not [out, ...] with ``in`` values per output.
+    """
+    weight = np.asarray(state[f"{prefix}.weight"], np.float32)
+    if weight.ndim < 2 or weight.shape[0] != shape[0] or weight.size != shape[0] * shape[1]:
+        raise ValueError(
+            f"{prefix}.weight has shape {list(weight.shape)}, the config needs [{shape[0]}, ...] "
+            f"holding {shape[0]}x{shape[1]} values"
+        )
+    return np.ascontiguousarray(weight.reshape(shape))
 
 
 class NumbaLeWM:
@@ -62,11 +89,31 @@ class NumbaLeWM:
         return self.lin[f"{part}.projector.3"](h)
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [B, H, W, 3] -> latents [B, D]."""
-        cfg, t = self.cfg, self.t
-        b, p, d = pixels.shape[0], cfg.patch_size, cfg.encoder_dim
-        g = cfg.image_size // p
+        """uint8 [B, H, W, 3] -> latents [B, D], through the config's encoder (ViT or conv stem)."""
         x = pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+        return self._encode_cnn(x) if self.cfg.encoder == "cnn" else self._encode_vit(x)
+
+    def _encode_cnn(self, x: np.ndarray) -> np.ndarray:
+        """The conv stem on frames x [B, H, W, 3] in [-1, 1]: each layer a convolution (a linear layer over
+        im2col patches), GroupNorm and GELU, channels last; then ``flat`` over torch's channel-major
+        flatten, LayerNorm and the projector."""
+        t, b = self.t, x.shape[0]
+        for i, (_, c_out, side) in enumerate(conv_stem(self.cfg)):
+            pre = f"encoder.convs.{i}"
+            y = self.lin[f"{pre}.conv"](im2col(x, CONV_KERNEL, CONV_STRIDE, CONV_PADDING))
+            y = group_norm(
+                y.reshape(b, side * side, c_out), CONV_GROUPS, t[f"{pre}.norm.weight"], t[f"{pre}.norm.bias"], GELU
+            )
+            x = y.reshape(b, side, side, c_out)
+        flat = np.ascontiguousarray(x.reshape(b, -1, x.shape[3]).transpose(0, 2, 1)).reshape(b, -1)
+        h = layer_norm(self.lin["encoder.flat"](flat), t["encoder.norm.weight"], t["encoder.norm.bias"])
+        return self._projector("encoder", h)
+
+    def _encode_vit(self, x: np.ndarray) -> np.ndarray:
+        """The ViT on frames x [B, H, W, 3] in [-1, 1]: patches, CLS token, blocks, LayerNorm, projector."""
+        cfg, t = self.cfg, self.t
+        b, p, d = x.shape[0], cfg.patch_size, cfg.encoder_dim
+        g = cfg.image_size // p
         patches = x.reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 5, 2, 4).reshape(b * g * g, 3 * p * p)
         h = np.empty((b, g * g + 1, d), np.float32)
         h[:, 0] = t["encoder.cls_token"][0, 0]

@@ -1,10 +1,12 @@
 """Quantize a model folder into an ``.lq40`` file, and measure what it costs.
 
 Modes (weights only; activations stay float32; embeddings, norms, BatchNorm and
-the probe stay float32; the predictor's boundary layers — ``input``,
-``projector.0``, ``projector.3`` — take Q8_0 wherever it is quantized; a layer
-whose input width is not a multiple of 32 — the action encoder's first two —
-takes INT8 where its part asks for a block format):
+the probe stay float32; the encoder's format is every encoder linear layer's, the
+conv stem's convolutions and ``flat`` included where ``encoder == "cnn"``; the
+predictor's boundary layers — ``input``, ``projector.0``, ``projector.3`` — take
+Q8_0 wherever it is quantized; a layer whose input width is not a multiple of 32 —
+the action encoder's first two, the conv stem's first — takes INT8 where its part
+asks for a block format):
 
 =============  ==================  ====================================
 mode           encoder             predictor

@@ -4,6 +4,10 @@ Read top to bottom:
 
 * ``Encoder``: a ViT (patch embedding, CLS token, pre-norm blocks); the CLS
   token goes through a projector MLP with BatchNorm to the latent ``z`` (size D).
+* ``ConvEncoder``: the alternative encoder (``cfg.encoder == "cnn"``): four
+  3x3 stride-2 convolutions, each with GroupNorm and GELU, flattened to a linear
+  layer and LayerNorm, then the same projector. At 64 px it sees the block's
+  angle where the ViT does not (docs/results.md, encoder variants).
 * ``ActionEncoder``: LeWM's Conv1d (kernel 1) + MLP action embedding.
 * ``Predictor``: a causal transformer over the last ``history`` latents; every
   block is conditioned on the action embedding of its time step by adaLN-zero
@@ -12,7 +16,10 @@ Read top to bottom:
 * ``sigreg``: the Epps-Pulley test statistic of random 1-D projections of the
   latents against N(0, 1) (LeJEPA's SIGReg), which keeps the latents from
   collapsing without EMA targets or stop-gradients.
-* ``LeWM.loss``: MSE(predicted, encoded next latents) + lambda * SIGReg.
+* ``LeWM.loss``: MSE(predicted, encoded next latents) + lambda * SIGReg, and
+  with ``cfg.pose_weight > 0`` (not in LeWM) the pose-aware auxiliary loss: a
+  small head regresses the probe's six targets from every encoded and every
+  predicted latent.
 
 BatchNorm is :class:`GlobalBatchNorm1d`: in a torch.distributed run it takes its
 statistics over the global batch, so several processes compute exactly what one
@@ -21,6 +28,7 @@ process would on the same batch (torch's SyncBatchNorm needs a GPU).
 
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 
 import torch
@@ -28,7 +36,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from world_models.config import ModelConfig
+from world_models.config import CONV_GROUPS, ModelConfig
+from world_models.pose import PROBE_FIELDS
+
+POSE_HIDDEN = 256  # the pose head's hidden width
+POSE_TARGETS = len(PROBE_FIELDS)
 
 _local_only = False
 
@@ -161,6 +173,37 @@ class Encoder(nn.Module):
         return self.projector(self.norm(x[:, 0]))
 
 
+class ConvLayer(nn.Module):
+    """Conv 3x3 stride 2 (padding 1), GroupNorm, GELU: halves the side."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        self.norm = nn.GroupNorm(CONV_GROUPS, c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.norm(self.conv(x)))
+
+
+class ConvEncoder(nn.Module):
+    """Pixels uint8 (N, H, W, 3) -> latents (N, D) through a conv stem instead of a ViT."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        widths = (3, *cfg.conv_channels)
+        self.convs = nn.ModuleList(ConvLayer(a, b) for a, b in itertools.pairwise(widths))
+        self.flat = nn.Linear(widths[-1] * cfg.conv_side**2, cfg.encoder_dim)
+        self.norm = nn.LayerNorm(cfg.encoder_dim)
+        self.projector = projector(cfg.encoder_dim, cfg.projector_hidden, cfg.latent_dim)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        for layer in self.convs:
+            x = layer(x)
+        return self.projector(self.norm(self.flat(x.flatten(1))))
+
+
 class ActionEncoder(nn.Module):
     """Actions (B, T, A) -> embeddings (B, T, dim): Conv1d over time (kernel 1), then an MLP."""
 
@@ -232,8 +275,12 @@ class LeWM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder(cfg)
+        self.encoder = ConvEncoder(cfg) if cfg.encoder == "cnn" else Encoder(cfg)
         self.predictor = Predictor(cfg)
+        if cfg.pose_weight > 0:
+            self.pose_head = nn.Sequential(
+                nn.Linear(cfg.latent_dim, POSE_HIDDEN), nn.GELU(), nn.Linear(POSE_HIDDEN, POSE_TARGETS)
+            )
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (..., H, W, 3) -> (..., D)."""
@@ -263,17 +310,27 @@ class LeWM(nn.Module):
         return torch.stack(out, dim=1)
 
     def forward(
-        self, pixels: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        pixels: torch.Tensor,
+        actions: torch.Tensor,
+        generator: torch.Generator | None = None,
+        pose_targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The training loss (what DDP wraps); see :meth:`loss`."""
-        return self.loss(pixels, actions, generator)
+        return self.loss(pixels, actions, generator, pose_targets)
 
     def loss(
-        self, pixels: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        pixels: torch.Tensor,
+        actions: torch.Tensor,
+        generator: torch.Generator | None = None,
+        pose_targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Teacher-forced loss on clips: pixels (B, L, H, W, 3), actions (B, L, A), L = history + 1 or more.
 
-        Every window of ``history`` latents predicts the latent after it.
+        Every window of ``history`` latents predicts the latent after it. ``pose_targets``
+        (B, L, 6), the probe's targets of every frame (``world_models.pose.state_to_targets``),
+        are needed when the model has a pose head (``cfg.pose_weight > 0``) and ignored otherwise.
         """
         _b, length = pixels.shape[:2]
         h = self.cfg.history
@@ -288,7 +345,15 @@ class LeWM(nn.Module):
         reg = torch.stack(
             [sigreg(z[:, i], self.cfg.sigreg_projections, self.cfg.sigreg_knots, generator) for i in range(length)]
         ).mean()
-        return {"loss": prediction + self.cfg.sigreg_weight * reg, "prediction": prediction, "sigreg": reg}
+        out = {"loss": prediction + self.cfg.sigreg_weight * reg, "prediction": prediction, "sigreg": reg}
+        if self.cfg.pose_weight > 0:
+            if pose_targets is None:
+                raise ValueError("a model with a pose head (pose_weight > 0) needs pose_targets in its loss")
+            windows = torch.cat([pose_targets[:, s + 1 : s + h + 1] for s in range(length - h)], dim=1)
+            pose = F.mse_loss(self.pose_head(z), pose_targets) + F.mse_loss(self.pose_head(pred), windows)
+            out["loss"] = out["loss"] + self.cfg.pose_weight * pose
+            out["pose"] = pose
+        return out
 
 
 @torch.no_grad()
@@ -335,7 +400,9 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
     if isinstance(model, LeWM):
         counts = {
-            "encoder.vit": sum(p.numel() for n, p in model.encoder.named_parameters() if not n.startswith("projector")),
+            "encoder.backbone": sum(
+                p.numel() for n, p in model.encoder.named_parameters() if not n.startswith("projector")
+            ),
             "encoder.projector": sum(p.numel() for p in model.encoder.projector.parameters()),
             "predictor.action_encoder": sum(p.numel() for p in model.predictor.action_encoder.parameters()),
             "predictor.transformer": sum(
@@ -345,6 +412,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
             ),
             "predictor.projector": sum(p.numel() for p in model.predictor.projector.parameters()),
         }
+        if model.cfg.pose_weight > 0:
+            counts["pose_head"] = sum(p.numel() for p in model.pose_head.parameters())
     counts["total"] = sum(p.numel() for p in model.parameters())
     return counts
 

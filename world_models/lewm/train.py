@@ -40,6 +40,7 @@ from world_models.errors import ArgumentError, LeWorldError
 from world_models.lewm.folder import save_model
 from world_models.lewm.model import LeWM, count_parameters, init_weights, local_statistics, recalibrate_batchnorm
 from world_models.lewm.probe import apply_ridge, fit_dataset_probe, fit_ridge
+from world_models.pose import state_to_targets
 from world_models.training import (
     check_resume,
     clip_and_step,
@@ -80,6 +81,7 @@ class TrainConfig:
     probe_steps: int = 1500
     probe_clips: int = 4000
     threads: int = 0  # 0: torch's default
+    pose_weight: float | None = None  # None: the preset's (0 for all but tiny_cnn_pose)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -125,14 +127,16 @@ def train_step(
     pixels: torch.Tensor,
     actions: torch.Tensor,
     generator: torch.Generator,
+    pose_targets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward and backward on this process's part of a global batch.
 
     ``module`` is a :class:`LeWM` or its DDP wrapper; afterwards the gradients
     are those of the loss on the global batch (DDP averages the per-process
-    gradients, and SIGReg/BatchNorm already see the global batch).
+    gradients, and SIGReg/BatchNorm already see the global batch). ``pose_targets``
+    feed the pose head of a model that has one (see :meth:`LeWM.loss`).
     """
-    out = module(pixels, actions, generator)
+    out = module(pixels, actions, generator, pose_targets)
     out["loss"].backward()
     return out
 
@@ -254,7 +258,11 @@ def start_run(cfg: TrainConfig, model_cfg: ModelConfig | None, resume: bool, pro
     state = load_checkpoint(ckpt_path) if resume else None
     if state is not None:
         model_cfg = ModelConfig.from_dict(json.loads(state["config"]), source=str(ckpt_path))
-    train_clips, val_clips, model_cfg = load_clips(cfg, model_cfg or preset(cfg.preset), progress and rank == 0)
+    if model_cfg is None:
+        model_cfg = preset(cfg.preset)
+        if cfg.pose_weight is not None:
+            model_cfg = dataclasses.replace(model_cfg, pose_weight=cfg.pose_weight)
+    train_clips, val_clips, model_cfg = load_clips(cfg, model_cfg, progress and rank == 0)
 
     torch.manual_seed(cfg.seed)
     model = LeWM(model_cfg)
@@ -347,9 +355,10 @@ def optimize(
     batch = run.train_clips.sample(cfg.batch_size)
     pixels = torch.from_numpy(batch.pixels[part])
     actions = torch.from_numpy(batch.actions[part])
+    pose = torch.from_numpy(state_to_targets(batch.state[part])) if run.model.cfg.pose_weight > 0 else None
     set_lr(run.optimizer, lr)
     run.optimizer.zero_grad(set_to_none=True)
-    out_step = train_step(module, pixels, actions, sigreg_generator(cfg.seed, run.step))
+    out_step = train_step(module, pixels, actions, sigreg_generator(cfg.seed, run.step), pose)
     grad_norm = clip_and_step(run.model.parameters(), run.optimizer, cfg.grad_clip)
     return out_step, grad_norm
 
@@ -364,8 +373,9 @@ def log_step(
     clips_per_s: float,
 ) -> None:
     """The ``train/...`` scalars of a step, and the loss on the progress bar."""
-    for key in ("loss", "prediction", "sigreg"):
-        writer.add_scalar(f"train/{key}", out_step[key].item(), step)
+    for key in ("loss", "prediction", "sigreg", "pose"):
+        if key in out_step:
+            writer.add_scalar(f"train/{key}", out_step[key].item(), step)
     writer.add_scalar("train/lr", lr, step)
     writer.add_scalar("train/grad_norm", float(grad_norm), step)
     writer.add_scalar("train/clips_per_s", clips_per_s, step)
@@ -384,6 +394,8 @@ def validate(model: LeWM, train_clips: PushTClips, val_clips: PushTClips, cfg: T
     recalibrate(model, train_clips, cfg.seed)
     with torch.no_grad():
         losses = {"loss": 0.0, "prediction": 0.0, "sigreg": 0.0}
+        if model.cfg.pose_weight > 0:
+            losses["pose"] = 0.0
         for i in range(cfg.val_batches):
             batch = val_clips.sample(min(cfg.batch_size, 256))
             h = model.cfg.history
@@ -391,6 +403,7 @@ def validate(model: LeWM, train_clips: PushTClips, val_clips: PushTClips, cfg: T
                 torch.from_numpy(batch.pixels[:, : h + 1]),
                 torch.from_numpy(batch.actions[:, : h + 1]),
                 sigreg_generator(cfg.seed, -1 - i),
+                torch.from_numpy(state_to_targets(batch.state[:, : h + 1])),
             )
             for key in losses:
                 losses[key] += out[key].item() / cfg.val_batches
@@ -445,6 +458,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=positive_int, default=defaults.val_every)
     p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every)
     p.add_argument("--probe-steps", type=positive_int, default=defaults.probe_steps)
+    p.add_argument(
+        "--pose-weight",
+        type=float,
+        help="weight of the pose-aware auxiliary loss (not LeWM's; default: the preset's, 0 but for tiny_cnn_pose)",
+    )
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads per process (0: default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -466,6 +484,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         steps=args.steps,
         val_every=args.val_every,
         probe_steps=args.probe_steps,
+        pose_weight=args.pose_weight,
         warmup=min(300, max(1, args.steps // 10)),
     )
 

@@ -32,6 +32,7 @@ import numpy as np
 from world_models.backends.devices import protocol as wire
 from world_models.backends.devices.protocol import Capability, Command, ErrorCode, Frame, Hello, LoadOp, ProtocolError
 from world_models.backends.devices.transports import PtyTransport, TcpTransport, Transport
+from world_models.backends.layout import CONV_KERNEL, conv_stem
 from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
 from world_models.locate import resolve_lq40
@@ -58,12 +59,22 @@ def predictor_macs(cfg: ModelConfig) -> int:
 
 
 def encoder_macs(cfg: ModelConfig) -> int:
-    """Multiply-accumulates of the encoder's linear layers for one frame."""
+    """Multiply-accumulates of the encoder's linear layers for one frame: the ViT's (patch embedding,
+    blocks) or the conv stem's (each convolution at every output pixel, then ``flat``), and the projector."""
+    projector = cfg.encoder_dim * cfg.projector_hidden + cfg.projector_hidden * cfg.latent_dim
+    return (_conv_stem_macs(cfg) if cfg.encoder == "cnn" else _vit_macs(cfg)) + projector
+
+
+def _vit_macs(cfg: ModelConfig) -> int:
     d, tokens = cfg.encoder_dim, cfg.num_patches + 1
     hidden = int(d * cfg.mlp_ratio)
     patches = cfg.num_patches * 3 * cfg.patch_size**2 * d
-    blocks = cfg.encoder_depth * tokens * (4 * d * d + 2 * d * hidden)
-    return patches + blocks + d * cfg.projector_hidden + cfg.projector_hidden * cfg.latent_dim
+    return patches + cfg.encoder_depth * tokens * (4 * d * d + 2 * d * hidden)
+
+
+def _conv_stem_macs(cfg: ModelConfig) -> int:
+    convs = sum(side * side * c_out * c_in * CONV_KERNEL**2 for c_in, c_out, side in conv_stem(cfg))
+    return convs + cfg.conv_channels[-1] * cfg.conv_side**2 * cfg.encoder_dim
 
 
 # The LeWM model collection reports 152 ms (slim_48d_2e_2p) to 828 ms (slim_192d_4e_4p) per predict
