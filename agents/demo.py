@@ -1,7 +1,8 @@
 """``leworld demo``: the shipped model plans real PushT episodes, and you see what it imagined.
 
 It loads the shipped world model (numba-q4: no torch, no download), runs LeWM's CEM
-planner (300 samples x 30 iterations, horizon 5) on a few episodes of the ``lewm``
+planner (300 samples x 30 iterations, horizon 5, a plan every 5 steps: LeWM's schedule;
+``--replan-every 1`` plans at every step) on a few episodes of the ``lewm``
 protocol on real gym-pusht physics, prints a table (success, coverage, block error,
 steps, time per decision, how far the dream drifted), and writes a GIF of real vs
 imagined side by side. It opens a window only where a display exists.
@@ -21,6 +22,8 @@ from agents.evaluate import PROTOCOLS, episode_options, load_agent, wilson_inter
 from leworld_env.envs.task import open_start_bank
 from leworld_env.playback.play import PlayResult, PlaySettings, agent_source, has_display, play
 from world_models.interface import WorldModel
+
+DEMO_REPLAN_EVERY = 5  # LeWM's schedule: execute the whole 5-step plan, then plan again
 
 
 @dataclass
@@ -43,7 +46,8 @@ def run_demo(settings: DemoSettings) -> tuple[PlayResult, WorldModel]:
 
     protocol = PROTOCOLS["lewm"]
     wm = world_models.load(settings.model, backend=settings.backend)
-    agent = load_agent(settings.agent, wm, seed=settings.seed, **(settings.planner or {}))
+    planner = {"replan_every": DEMO_REPLAN_EVERY, **(settings.planner or {})}
+    agent = load_agent(settings.agent, wm, seed=settings.seed, **planner)
     options = episode_options(protocol, settings.seed, settings.episodes, len(open_start_bank(wm)))
     window = has_display() if settings.window is None else settings.window
     play_settings = PlaySettings(

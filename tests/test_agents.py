@@ -11,7 +11,7 @@ import pytest
 import leworld_env
 import world_models
 from agents.evaluate import PROTOCOLS, episode_options, evaluate, load_agent, wilson_interval
-from agents.planning import CEMPlanner, MPPIPlanner, RandomAgent, colored_noise, make_planner
+from agents.planning import CEMPlanner, MPPIPlanner, RandomAgent, colored_noise, data_action_stats, make_planner
 from tests.conftest import run_cli
 from tests.test_collect import assert_one_line_error
 from world_models.errors import LeWorldError
@@ -34,6 +34,8 @@ def test_planning_beats_random_actions_on_real_physics(wm, random_run, name):
     """Same episodes (seed 0), same real twin: the planner ends nearer the goal than random actions,
     in latent distance and in the block's physical distance."""
     kwargs = dict(SMALL_BUDGET, topk=8) if name != "mppi" else dict(SMALL_BUDGET)
+    if name == "mppi":  # sampling in the data's standardised actions, as LeWM's planners do (CEM's default)
+        kwargs["action_mean"], kwargs["action_std"] = data_action_stats(wm)
     planned = evaluate(load_agent(name, wm, seed=0, **kwargs), name, "real", "lewm", 6, 0, progress=False)
     assert [r.start for r in planned.results] == [r.start for r in random_run.results]
     latent = np.mean([r.final_latent_distance for r in planned.results])
@@ -41,6 +43,18 @@ def test_planning_beats_random_actions_on_real_physics(wm, random_run, name):
     assert latent < random_latent
     assert planned.mean_final_position_error < random_run.mean_final_position_error
     assert planned.decisions > 0 and planned.mean_decision_seconds > 0
+
+
+def test_planning_wins_real_episodes_on_the_strict_test(wm):
+    """The shipped model plans real successes under LeWM's own test (agent and block on the goal
+    together, angle within pi/9) on held-out episodes where random actions succeed less often.
+    Measured on these 8 episodes: CEM 5/8, random 1/8 (56 % and 6 % over 50, docs/results.md)."""
+    episodes = 8
+    agent = load_agent("cem", wm, seed=0, replan_every=5)  # LeWM's budget (300 x 30) and schedule
+    planned = evaluate(agent, "cem", "real", "lewm", episodes, 0, progress=False)
+    random = evaluate(RandomAgent(seed=0), "random", "real", "lewm", episodes, 0, progress=False)
+    assert planned.success_rate >= 3 / 8
+    assert planned.success_rate > random.success_rate
 
 
 def test_planner_is_an_sb3_policy(wm):

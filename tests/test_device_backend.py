@@ -248,9 +248,16 @@ def test_env_episode_on_the_fpga_emulator_is_its_fixed_point_reference_exactly(r
     fixed = FixedPointReference(LQ40)
     local_trace = _closed_episode(gym.make("LeWorld-PushT-v0", model=fixed), seed=7, steps=30)
     assert len(device_trace) == len(local_trace) > 10
-    for ours, theirs in zip(device_trace, local_trace, strict=True):
+    for i, (ours, theirs) in enumerate(zip(device_trace, local_trace, strict=True)):
+        # The host encodes the goal (every step) and the start (step 0, and its probed state) in float32
+        # through BLAS, reproducible to a few ULP only (its summation order follows the buffers'
+        # alignment); what the device computes is fixed point and must match bit for bit.
+        host = {"desired_goal"} | ({"observation", "achieved_goal", "state"} if i == 0 else set())
         for key in ours:
-            assert np.array_equal(ours[key], theirs[key]), key
+            if key in host:
+                np.testing.assert_allclose(ours[key], theirs[key], rtol=0, atol=1e-3, err_msg=key)
+            else:
+                assert np.array_equal(ours[key], theirs[key]), (i, key)
     assert np.array_equal(device_rollout, fixed.rollout(z, a, future))
     assert stats["predict"] >= len(device_trace) - 1 and "encode" not in stats
     # Its error against float32 arithmetic on the same weights (reported in docs/protocol.md).

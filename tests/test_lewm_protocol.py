@@ -147,7 +147,7 @@ def test_an_old_bank_without_velocity_loads_at_rest(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the shipped bank is a new one: no warning
         shipped = load_start_bank(SHIPPED_DIR / "pusht-tiny" / STARTS_FILE)
-    assert len(shipped) == 1048 and shipped.action_stats() is not None
+    assert len(shipped) > 100 and np.any(shipped.start_velocity != 0) and shipped.action_stats() is not None
 
 
 # --------------------------------------------------------------------------- standardised CEM

@@ -23,15 +23,17 @@ R2_POSITION_MIN = 0.8  # agent and block x, y
 
 
 @pytest.fixture(scope="module")
-def fresh_episodes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fresh") / "ds"
-    config = CollectConfig(policy="weak-expert", episodes=12, image_size=64, max_steps=200, seed=2026)
-    return collect(config, out, progress=False)
+def shipped():
+    return world_models.load()
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    return world_models.load()
+def fresh_episodes(tmp_path_factory, shipped):
+    """Fresh episodes of the policy the shipped model trained on, under a seed its data never used."""
+    out = tmp_path_factory.mktemp("fresh") / "ds"
+    policy = shipped.config.extra["dataset_policy"]
+    config = CollectConfig(policy=policy, episodes=12, image_size=64, max_steps=200, seed=2026)
+    return collect(config, out, progress=False)
 
 
 def test_default_model_ships_inside_the_package(shipped):

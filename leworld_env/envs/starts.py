@@ -25,7 +25,7 @@ An old bank without ``start_velocity`` still loads: its starts are at rest (a
 warning says so). One without ``action_mean`` / ``action_std`` gives no action
 statistics (planners then sample in the env's own action units).
 
-Rebuild the shipped bank with ``python -m leworld_env.starts OUT_FOLDER``.
+Rebuild the shipped bank with ``python -m leworld_env.starts OUT_FOLDER --policy noisy-expert``.
 """
 
 from __future__ import annotations
@@ -230,8 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=60)
     parser.add_argument("--seed", type=int, default=2027)
     parser.add_argument("--stride", type=int, default=10)
+    parser.add_argument(
+        "--policy", default="weak-expert", help="the data policy the model trained on (the shipped model: noisy-expert)"
+    )
     args = parser.parse_args(argv)
-    bank, meta = build_start_bank(args.episodes, args.seed, stride=args.stride)
+    bank, meta = build_start_bank(args.episodes, args.seed, policy=args.policy, stride=args.stride)
     save_start_bank(args.out / STARTS_FILE, bank, meta)
     mean, std = bank.action_stats()
     print(
