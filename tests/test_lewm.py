@@ -135,3 +135,31 @@ def test_config_round_trip_and_bad_configs(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(LeWorldError, match=r"config\.json: unreadable"):
         ModelConfig.load(tmp_path)
+
+
+def test_the_pose_loss_needs_targets_and_teaches_the_head_the_pose():
+    """With ``pose_weight > 0`` the loss has a pose term fed by the frames' targets; training on a
+    fixed batch lowers it, and a pure-LeWM config has no head and ignores targets."""
+    cfg = dataclasses.replace(SMALL, encoder="cnn", conv_width=8, pose_weight=1.0)
+    torch.manual_seed(0)
+    model = LeWM(cfg)
+    init_weights(model)
+    pixels, actions = batch()
+    targets = torch.rand(*pixels.shape[:2], 6, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="needs pose_targets"):
+        model.loss(pixels, actions)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    poses = []
+    for step in range(30):
+        out = model.loss(pixels, actions, torch.Generator().manual_seed(step), targets)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        poses.append(out["pose"].item())
+    assert poses[-1] < 0.5 * poses[0]
+    plain = small_model()
+    assert not hasattr(plain, "pose_head") and "pose" not in plain.loss(pixels, actions, None, targets)
+    with pytest.raises(LeWorldError, match="pose_weight must be >= 0"):
+        dataclasses.replace(SMALL, pose_weight=-1.0)
+    with pytest.raises(LeWorldError, match="GroupNorm groups"):
+        dataclasses.replace(SMALL, encoder="cnn", conv_width=4)
