@@ -198,12 +198,12 @@ def test_demo_prints_its_table_and_writes_the_gif(tmp_path):
 
 def test_demo_episodes_are_leworld_evals(wm, tmp_path):
     """Episode i of the demo is episode i of ``evaluate`` on the lewm protocol: same start, goal and outcome."""
-    from agents.demo import DemoSettings, run_demo
+    from agents.demo import DEMO_REPLAN_EVERY, DemoSettings, run_demo
     from agents.evaluate import evaluate, load_agent
 
     budget = {"samples": 16, "iterations": 2, "topk": 4}
     played, _ = run_demo(DemoSettings(episodes=2, out=tmp_path / "d.gif", window=False, planner=budget))
-    agent = load_agent("cem", wm, seed=0, **budget)
+    agent = load_agent("cem", wm, seed=0, replan_every=DEMO_REPLAN_EVERY, **budget)  # the demo's schedule
     evaluated = evaluate(agent, "cem", "real", "lewm", episodes=2, seed=0, progress=False)
     for mine, theirs in zip(played.episodes, evaluated.results, strict=True):
         assert mine.success == theirs.success and mine.steps == theirs.steps
