@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from encoder_study import ConvEncoder, pose_head
+from encoder_study import ConvEncoder
 from torch import nn
 
 from world_models.config import preset
 from world_models.data.dataset import PushTClips
 from world_models.files import atomic_write_bytes
+from world_models.lewm.model import pose_head
 from world_models.lewm.probe import r2_per_field
 from world_models.pose import state_to_targets
 

@@ -59,7 +59,7 @@ from numba_kernels.pusht_raster import render_pusht
 from world_models.config import preset
 from world_models.data.dataset import PushTClips, load_dataset_info
 from world_models.files import atomic_write_bytes
-from world_models.lewm.model import LeWM, count_parameters, init_weights, projector
+from world_models.lewm.model import LeWM, count_parameters, init_weights, pose_head, projector
 from world_models.lewm.probe import encode_frames, fit_probe
 from world_models.lewm.train import (
     ROLLOUT_HORIZON,
@@ -155,11 +155,6 @@ def encode_ms_per_frame(model: LeWM, pixels: np.ndarray, repeats: int = 3) -> fl
             model.encode(px)
             best = min(best, time.perf_counter() - tick)
     return 1000.0 * best / len(px)
-
-
-def pose_head(latent_dim: int) -> nn.Module:
-    """The auxiliary head: latent (N, D) -> the probe's six targets (N, 6)."""
-    return nn.Sequential(nn.Linear(latent_dim, 256), nn.GELU(), nn.Linear(256, len(PROBE_FIELDS)))
 
 
 def pose_step(

@@ -173,6 +173,11 @@ class Encoder(nn.Module):
         return self.projector(self.norm(x[:, 0]))
 
 
+def pose_head(latent_dim: int) -> nn.Sequential:
+    """The pose-aware auxiliary head: latents (..., D) -> the probe's six targets (..., 6)."""
+    return nn.Sequential(nn.Linear(latent_dim, POSE_HIDDEN), nn.GELU(), nn.Linear(POSE_HIDDEN, POSE_TARGETS))
+
+
 class ConvLayer(nn.Module):
     """Conv 3x3 stride 2 (padding 1), GroupNorm, GELU: halves the side."""
 
@@ -278,9 +283,7 @@ class LeWM(nn.Module):
         self.encoder = ConvEncoder(cfg) if cfg.encoder == "cnn" else Encoder(cfg)
         self.predictor = Predictor(cfg)
         if cfg.pose_weight > 0:
-            self.pose_head = nn.Sequential(
-                nn.Linear(cfg.latent_dim, POSE_HIDDEN), nn.GELU(), nn.Linear(POSE_HIDDEN, POSE_TARGETS)
-            )
+            self.pose_head = pose_head(cfg.latent_dim)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (..., H, W, 3) -> (..., D)."""
