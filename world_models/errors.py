@@ -10,7 +10,20 @@ One type per kind of mistake:
 
 
 class LeWorldError(Exception):
-    """A problem with the user's input: a file, a field or a value, and what was expected."""
+    """A problem with the user's input: a file, a field or a value, and what was expected.
+
+    The message is one line (the CLI prints it as one): whitespace runs, newlines included, become
+    one space, so the text of a foreign error it quotes (YAML's, torch's) cannot break it.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(" ".join(str(message).split()), *args)
+
+
+def brief(err: BaseException, limit: int = 200) -> str:
+    """A foreign exception's message, short, for a :class:`LeWorldError` to quote."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class DatasetError(LeWorldError):

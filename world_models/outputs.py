@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from world_models.errors import LeWorldError
+from world_models.errors import ArgumentError, LeWorldError
 from world_models.files import atomic_write_bytes
 
 MARKER = ".leworld.json"
@@ -30,7 +30,7 @@ KINDS = ("dataset", "train-run", "agent-run")
 def write_marker(folder: Path, kind: str) -> None:
     """Mark ``folder`` as written by LeWorld, as a ``kind`` (one of :data:`KINDS`)."""
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
     atomic_write_bytes(Path(folder) / MARKER, json.dumps({"written_by": "leworld", "kind": kind}).encode())
 
 
@@ -78,9 +78,9 @@ def check_output_folder(path: Path, what: str, kind: str, overwrite: bool = Fals
     Raises:
         LeWorldError: naming ``what``, the path and what to do instead.
     """
-    path = Path(path)
     if str(path) == "":
         raise LeWorldError(f"{what}: an empty path; name a folder")
+    path = Path(path)
     if not path.exists():
         check_creatable(path, what)
         return
@@ -124,9 +124,9 @@ def check_output_file(
     Raises:
         LeWorldError: naming ``what`` and the path.
     """
-    path = Path(path)
     if str(path) == "":
         raise LeWorldError(f"{what}: an empty path; name a file")
+    path = Path(path)
     if path.is_dir():
         raise LeWorldError(f"{what} {path}: is a folder; name a file")
     if not path.exists():
@@ -156,17 +156,21 @@ def is_json_with(key: str, value: str) -> Callable[[Path], bool]:
 
 @contextlib.contextmanager
 def removed_if_failed(folder: Path) -> Iterator[Path]:
-    """Create ``folder`` if missing; if the block fails and ``folder`` was created here, remove what is
-    left of it when that is only empty folders and the marker (a failed command leaves no empty run
-    folder behind; it never removes a file it did not write)."""
+    """Create ``folder`` (and missing parents) if missing; if the block fails, remove what was created
+    here when it holds only empty folders and the marker (a failed command leaves no empty run folder
+    behind; it never removes a file it did not write, nor a folder that existed before)."""
     folder = Path(folder)
-    created = not folder.exists()
+    top = None  # the outermost folder created here
+    for candidate in (folder, *folder.absolute().parents):
+        if candidate.exists():
+            break
+        top = candidate
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
     except BaseException:
-        if created:
-            _remove_if_empty(folder)
+        if top is not None:
+            _remove_if_empty(Path(top))
         raise
 
 

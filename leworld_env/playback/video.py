@@ -17,8 +17,21 @@ from world_models.video import check_frames, gif_bytes
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
-def check_video_path(path: Path) -> Path:
-    """``path`` if it ends in .gif or .mp4 and its folder exists; ``LeWorldError`` otherwise."""
+def is_video(path: Path) -> bool:
+    """True when ``path`` starts like a GIF or an MP4 file (a previous recording, safe to replace)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[:6] in (b"GIF87a", b"GIF89a") or head[4:8] == b"ftyp"
+
+
+def check_video_path(path: Path, overwrite: bool = False) -> Path:
+    """``path`` if it ends in .gif or .mp4 and may be written: a new file in a writable folder, or a
+    previous recording (or anything, with ``overwrite``); ``LeWorldError`` otherwise."""
+    from world_models.outputs import check_output_file
+
     path = Path(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise LeWorldError(f"{path}: a recording must end in {' or '.join(VIDEO_SUFFIXES)}")
@@ -26,6 +39,7 @@ def check_video_path(path: Path) -> Path:
         raise LeWorldError(f"{path}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
         raise LeWorldError(f"{path}: folder {path.parent} is not writable")
+    check_output_file(path, "recording", overwrite=overwrite, is_previous=is_video)
     return path
 
 

@@ -56,6 +56,22 @@ def print_table(rows: list[BenchRow]) -> None:
         print(f"{r.name:<{width}}  {r.value:12,.1f} {r.unit:<10}{ratio}")
 
 
+def is_bench_result(path: Path) -> bool:
+    """True when ``path`` is a JSON list of benchmark rows (a previous ``--json``, safe to replace)."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(rows, list) and all(isinstance(r, dict) and {"name", "value", "unit"} <= set(r) for r in rows)
+
+
+def check_json_path(path: Path) -> None:
+    """Before measuring: ``--json`` is a new file or a previous benchmark result, never anything else."""
+    from world_models.outputs import check_output_file
+
+    check_output_file(path, "--json", is_previous=is_bench_result)
+
+
 def write_json(rows: list[BenchRow], path: Path) -> None:
     """The rows as a JSON list, written atomically."""
     from world_models.files import atomic_write_bytes
