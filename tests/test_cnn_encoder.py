@@ -105,7 +105,10 @@ def test_leworld_quantize_reports_cosines_for_a_cnn_model(cnn_dir, tmp_path, wea
 def test_vit_files_from_before_the_conv_stem_still_load(model_dir, tmp_path):  # noqa: F811
     """Files written before ``encoder`` and ``conv_width`` existed (the shipped model's) have neither field."""
     path = quantize_folder(model_dir, "full", tmp_path / "vit.lq40").path
-    old = corrupt_header(path.read_bytes(), lambda h: [h["model"].pop(k) for k in ("encoder", "conv_width")])
+    old = corrupt_header(
+        path.read_bytes(),
+        lambda h: [h["model"].pop(k) for k in ("encoder", "conv_width")] + [h["model"].update(format_version=1)],
+    )
     wm = load_blob(old, tmp_path)
     assert wm.config.encoder == "vit"
     pixels = inputs(2)[0]

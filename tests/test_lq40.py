@@ -158,3 +158,31 @@ def test_fuzzed_files_load_or_fail_cleanly(lq40_blob, tmp_path, data):
         return
     # a harmless edit: the model must still run
     wm.encode(np.zeros((1, wm.config.image_size, wm.config.image_size, 3), np.uint8))
+
+
+def with_header(head: dict) -> bytes:
+    raw = json.dumps({"format_version": 1, "alignment": ALIGN, **head}).encode()
+    return MAGIC + struct.pack("<I", len(raw)) + raw
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (with_header({"data_size": 2**62}), "data_size"),  # a declared size far past the file
+        (with_header({}), "field 'data_size' must be int"),
+        (MAGIC + struct.pack("<I", 2**32 - 1), "runs past the end"),
+        (MAGIC + b"\x01", "not an LQ40 file"),
+    ],
+)
+def test_declared_sizes_are_checked_against_the_file_before_anything_is_allocated(tmp_path, blob, message):
+    path = tmp_path / "x.lq40"
+    path.write_bytes(blob)
+    with pytest.raises(LeWorldError, match=message):
+        read_model(path)
+
+
+def test_a_manifest_that_declares_more_than_the_file_holds(lq40_blob, tmp_path):
+    header, data = split(lq40_blob)
+    header["tensors"][0]["shape"] = [2**40, 2**20]  # terabytes, in a file of one megabyte
+    with pytest.raises(LeWorldError, match=r"does not fit|runs past the data"):
+        load_blob(join(header, data), tmp_path)

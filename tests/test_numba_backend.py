@@ -195,7 +195,10 @@ def test_leworld_quantize_prints_size_and_cosines(model_dir, tmp_path, weak_expe
     assert out.is_file()
     assert "compression" in result.stdout
     assert "encode  cos vs f32: mean 0." in result.stdout and "predict cos vs f32: mean 0." in result.stdout
-    again = run_cli("quantize", "--model", str(model_dir), "--out", str(out))
-    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+    mine = tmp_path / "mine.lq40"
+    mine.write_text("not an LQ40 file")  # only a previous .lq40 is replaced without --overwrite
+    again = run_cli("quantize", "--model", str(model_dir), "--out", str(mine))
+    assert again.returncode == 2 and "not a previous result" in again.stderr
+    assert mine.read_text() == "not an LQ40 file"
     bad = run_cli("quantize", "--model", str(model_dir), "--out", str(tmp_path / "q.bin"))
     assert bad.returncode == 2 and "must end in .lq40" in bad.stderr

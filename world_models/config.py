@@ -4,12 +4,26 @@ A preset name like ``slim_96d_4e_4p`` reads: latent size 96, 4 encoder layers,
 4 predictor layers (the LeWM model collection's naming). ``tiny`` is sized to
 train to a useful model on 2 CPU cores in under an hour; ``baseline`` is LeWM's
 192d/6e/6p at 224 px.
+
+A config is checked when it is made, before any network is built from it: every field has its
+type, every whole-number field lies in [1, its bound in :data:`INT_LIMITS`] (an ``encoder_depth``
+of 100000 or an ``image_size`` of 100000 is refused here, not after allocating gigabytes), and
+every float field is finite. :meth:`ModelConfig.from_dict` (how ``config.json``, checkpoints and
+``.lq40`` headers are read) also refuses a dict that lacks a field: everything this package
+writes names every field, so a missing one is a damaged or hand-made file, never a default.
+
+``config.json`` holds the config's fields, ``format_version`` and ``weights_sha256`` (the
+SHA-256 of ``model.safetensors``, see :mod:`world_models.files`). Format 2 (this package) always
+writes the checksum, and a format-2 ``config.json`` without one is refused; format 1 (folders
+written before checksums) has none, and loads unchecked. The two formats' fields are the same, but a
+format-1 file may lack the fields added while it was current (:data:`FORMAT_1_LATER_FIELDS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +32,58 @@ from typing import Any
 from world_models.errors import ArgumentError, LeWorldError
 
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this package writes; 2 = config.json carries weights_sha256
+READ_VERSIONS = (1, 2)  # what it reads (1: before checksums)
+# Fields added while format 1 was current: a format-1 file written before them lacks them, and their
+# defaults are what such a file meant (a ViT, no pose loss). Format 2 names every field.
+FORMAT_1_LATER_FIELDS = ("encoder", "conv_width", "pose_weight")
 DEFAULT_IMAGE_SIZE = 64  # the default preset's frames; what `leworld collect` writes unless told
 MIN_IMAGE_SIZE = 8  # the smallest frame the PushT renderer draws
+# The frame sides `leworld collect` writes: 64 (the default preset's) and 224 (the slim and baseline presets',
+# ViT patch 14) and 96; each is a multiple of 16 (the conv stem, the ViT's patch 16). The Python API draws any
+# side from MIN_IMAGE_SIZE up (check_image_size); the command line offers these.
+IMAGE_SIZES = (64, 96, 224)
 ENCODERS = ("vit", "cnn")
 CONV_MULTIPLIERS = (1, 2, 4, 4)  # conv-stem channels per layer, in units of conv_width
 CONV_LAYERS = len(CONV_MULTIPLIERS)  # each halves the frame side (3x3, stride 2, padding 1)
 CONV_GROUPS = 8  # GroupNorm groups in every conv-stem layer
+
+# Upper bounds of the whole-number fields: far above any model here (the baseline preset is 224 px,
+# 6 + 6 layers, widths up to 2048), low enough that a config cannot ask for an absurd network.
+MAX_IMAGE_SIZE = 1024  # image_size, patch_size (pixels)
+MAX_DEPTH = 64  # encoder_depth, predictor_depth (transformer blocks)
+MAX_WIDTH = 8192  # every width: encoder/predictor/latent dims, heads, projector_hidden, action_embed_dim, conv_width
+MAX_HISTORY = 2048  # history (the memory model's longest context, world_models.memory.model.HIST_RECORDS)
+MAX_ACTION_DIM = 64  # action_dim
+MAX_FRAMESKIP = 1000  # frameskip (physics steps per model step)
+MAX_SIGREG_PROJECTIONS = 1 << 16  # sigreg_projections
+MAX_SIGREG_KNOTS = 1024  # sigreg_knots
+MAX_MLP_RATIO = 64.0  # mlp_ratio (a float field: it must also be finite and > 0)
+INT_LIMITS = {
+    "image_size": MAX_IMAGE_SIZE,
+    "patch_size": MAX_IMAGE_SIZE,
+    "encoder_dim": MAX_WIDTH,
+    "encoder_depth": MAX_DEPTH,
+    "encoder_heads": MAX_WIDTH,
+    "latent_dim": MAX_WIDTH,
+    "projector_hidden": MAX_WIDTH,
+    "predictor_dim": MAX_WIDTH,
+    "predictor_depth": MAX_DEPTH,
+    "predictor_heads": MAX_WIDTH,
+    "action_dim": MAX_ACTION_DIM,
+    "action_embed_dim": MAX_WIDTH,
+    "conv_width": MAX_WIDTH,
+    "history": MAX_HISTORY,
+    "frameskip": MAX_FRAMESKIP,
+    "sigreg_projections": MAX_SIGREG_PROJECTIONS,
+    "sigreg_knots": MAX_SIGREG_KNOTS,
+}
+_TYPE_CHECKS = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "dict[str, Any]": lambda v: isinstance(v, dict),
+}
 
 
 def check_image_size(size: Any, name: str = "image_size") -> int:
@@ -105,8 +164,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         problems = []
         for f in dataclasses.fields(self):
-            if f.type == "int" and getattr(self, f.name) < 1:
-                problems.append(f"{f.name} must be >= 1, got {getattr(self, f.name)}")
+            value = getattr(self, f.name)
+            if not _TYPE_CHECKS.get(f.type, lambda v: True)(value):
+                problems.append(f"field {f.name} must be {f.type}, got {value!r}")
+            elif f.type == "int" and not 1 <= value <= (limit := INT_LIMITS.get(f.name, value)):
+                problems.append(f"{f.name} must be >= 1 and <= {limit}, got {value}")
+            elif f.type == "float" and not (isinstance(value, int) or math.isfinite(value)):
+                problems.append(f"{f.name} must be a finite number, got {value}")
         if problems:
             raise LeWorldError("invalid model config: " + "; ".join(problems))
         if self.encoder not in ENCODERS:
@@ -127,8 +191,15 @@ class ModelConfig:
                 problems.append(f"{name}_dim {dim} is not divisible by {name}_heads {heads}")
         if not self.pose_weight >= 0:
             problems.append(f"pose_weight must be >= 0, got {self.pose_weight}")
-        if not (self.mlp_ratio > 0 and self.action_scale > 0):
-            problems.append(f"mlp_ratio and action_scale must be > 0, got {self.mlp_ratio}, {self.action_scale}")
+        if not self.sigreg_weight >= 0:
+            problems.append(f"sigreg_weight must be >= 0, got {self.sigreg_weight}")
+        if not (0 < self.mlp_ratio <= MAX_MLP_RATIO and self.action_scale > 0):
+            problems.append(
+                f"mlp_ratio must be in (0, {MAX_MLP_RATIO:g}] and action_scale > 0, got {self.mlp_ratio}, "
+                f"{self.action_scale}"
+            )
+        elif min(self.encoder_dim, self.predictor_dim) * self.mlp_ratio < 1:
+            problems.append(f"mlp_ratio {self.mlp_ratio} leaves an MLP with no hidden units")
         if problems:
             raise LeWorldError("invalid model config: " + "; ".join(problems))
 
@@ -151,44 +222,75 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
-        """Build from a dict; unknown fields and wrong types are errors that name the field."""
+        """Build from a dict that names every field (as :meth:`to_dict` writes it, ``format_version``
+        included; a format-1 dict may lack :data:`FORMAT_1_LATER_FIELDS`); unknown, missing and mistyped
+        fields are errors that name them."""
         data = dict(data)
-        version = data.pop("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise LeWorldError(f"{source}: format_version {version} is not supported (expected {FORMAT_VERSION})")
         known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        unknown = sorted(set(data) - set(known) - {"format_version"})
         if unknown:
             raise LeWorldError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        optional = FORMAT_1_LATER_FIELDS if data.get("format_version") == 1 else ()
+        missing = [name for name in ("format_version", *known) if name not in data and name not in optional]
+        if missing:
+            raise LeWorldError(
+                f"{source}: missing field(s) {', '.join(missing)}; a model config names every field "
+                "(a config this package wrote always does: the file is damaged or was edited)"
+            )
+        version = data.pop("format_version")
+        if not _TYPE_CHECKS["int"](version) or version not in READ_VERSIONS:
+            raise LeWorldError(
+                f"{source}: format_version {version!r} is not supported (expected one of "
+                f"{', '.join(map(str, READ_VERSIONS))})"
+            )
         for name, value in data.items():
             expected = known[name].type
-            ok = {
-                "int": isinstance(value, int) and not isinstance(value, bool),
-                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-                "str": isinstance(value, str),
-                "dict[str, Any]": isinstance(value, dict),
-            }.get(expected, True)
-            if not ok:
+            if not _TYPE_CHECKS.get(expected, lambda v: True)(value):
                 raise LeWorldError(f"{source}: field {name} must be {expected}, got {value!r}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except LeWorldError as err:
+            raise LeWorldError(f"{source}: {err}") from None
 
-    def save(self, folder: Path) -> None:
-        from world_models.files import atomic_write_bytes
+    def save(self, folder: Path, weights_sha256: str | None = None) -> None:
+        """Write ``folder/config.json``: the fields, and ``weights_sha256`` (of the weights) when given."""
+        from world_models.files import SHA256_KEY, atomic_write_bytes
 
-        atomic_write_bytes(folder / CONFIG_FILE, json.dumps(self.to_dict(), indent=2).encode())
+        data = self.to_dict() | ({SHA256_KEY: weights_sha256} if weights_sha256 is not None else {})
+        atomic_write_bytes(Path(folder) / CONFIG_FILE, json.dumps(data, indent=2).encode())
 
     @classmethod
     def load(cls, folder: Path) -> ModelConfig:
-        path = Path(folder) / CONFIG_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise LeWorldError(f"{path}: missing; a model folder holds config.json and model.safetensors") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise LeWorldError(f"{path}: unreadable ({err})") from None
-        if not isinstance(data, dict):
-            raise LeWorldError(f"{path}: expected a JSON object")
-        return cls.from_dict(data, source=str(path))
+        """``folder/config.json``'s config (see :func:`read_config` for its checksum too)."""
+        return read_config(folder)[0]
+
+
+def read_config(folder: Path) -> tuple[ModelConfig, str | None]:
+    """``folder/config.json``: the checked config and its ``weights_sha256`` (None in a format-1 file,
+    written before checksums; a format-2 file without one is refused).
+
+    Raises:
+        LeWorldError: naming the file, and the field where one is wrong.
+    """
+    from world_models.files import SHA256_KEY, checked_sha256
+
+    path = Path(folder) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LeWorldError(f"{path}: missing; a model folder holds config.json and model.safetensors") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise LeWorldError(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise LeWorldError(f"{path}: expected a JSON object")
+    checksum = checked_sha256(data.pop(SHA256_KEY, None), str(path))
+    cfg = ModelConfig.from_dict(data, source=str(path))
+    if checksum is None and data["format_version"] >= 2:
+        raise LeWorldError(
+            f"{path}: missing field {SHA256_KEY} (the SHA-256 of model.safetensors), which every format "
+            f"{data['format_version']} config.json carries: the file is damaged or was edited"
+        )
+    return cfg, checksum
 
 
 def _slim(latent: int, enc: int, pred: int) -> ModelConfig:

@@ -13,9 +13,18 @@ The reader checks, before it touches any tensor: magic, header length,
 JSON, format version, every manifest entry (name, dtype, shape, offset,
 byte count, alignment, bounds, overlaps), the data size and the CRC-32 of
 the data; then the values (finite float32 tensors and scales, valid ternary
-codes). Every problem is a :class:`LeWorldError` naming the file and field.
-:func:`read_model` then checks the tensors against the model's layout
-(:mod:`world_models.backends.layout`). This module never imports torch.
+codes). Every problem is a :class:`LeWorldError` naming the file and field;
+every size the file declares is checked against the file's own size before
+anything is allocated. :func:`read_model` then checks the tensors against the
+model's layout (:mod:`world_models.backends.layout`). This module never imports torch.
+
+The probe: an LQ40 file carries a float32 copy of its model folder's probe (the ``probe.*``
+tensors). When the file is a model folder's ``model.lq40``, :func:`read_model` checks that copy
+against the folder's ``probe.safetensors`` and refuses a stale one (the probe refit after
+quantizing), and, where the header names ``source_sha256`` (the SHA-256 of the
+``model.safetensors`` it was quantized from), checks it against the folder's ``config.json``
+checksum. :func:`replace_probe` rewrites the copy; :func:`save_folder_probe` calls it whenever
+it writes a folder's probe (`leworld probe`).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from numba_kernels.quant import F16_TO_F32, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, 
 from world_models.backends.layout import linear_shapes, other_shapes
 from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
-from world_models.files import atomic_write_bytes
+from world_models.files import PROBE_FILE, SHA256_KEY, atomic_write_bytes, check_finite_tensors, read_safetensors
 
 MAGIC = b"LQ40"
 FORMAT_VERSION = 1
@@ -44,6 +53,8 @@ ALIGN = 64
 MAX_HEADER = 16 << 20
 DTYPES = ("f32", "q4_0", "q8_0", "i8", "t2")
 SCALE_SUFFIX = ".scale"  # float32 [N] per-row scales of an i8 or t2 weight
+PROBE_PREFIX = "probe."  # the probe's tensors: its state dict's names under this prefix, all float32
+SOURCE_SHA256 = "source_sha256"  # header field: SHA-256 of the model.safetensors the file was quantized from
 
 
 def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
@@ -151,7 +162,7 @@ def _parse_header(blob: bytes, source: str) -> tuple[dict[str, Any], int]:
         raise LeWorldError(f"{source}: header length {head_len} runs past the end of the file ({size} bytes)")
     try:
         header = json.loads(blob[8 : 8 + head_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: JSONDecodeError, huge ints
         raise LeWorldError(f"{source}: the header is not UTF-8 JSON ({err})") from None
     if not isinstance(header, dict):
         raise LeWorldError(f"{source}: the header must be a JSON object")
@@ -223,8 +234,7 @@ def _read_tensor(raw_bytes: memoryview, name: str, dtype: str, shape: list[int],
     raw = np.frombuffer(raw_bytes, dtype=np.uint8).copy()
     if dtype == "f32":
         array = raw.view(np.float32).reshape(shape)
-        if not np.all(np.isfinite(array)):
-            raise LeWorldError(f"{where}: holds NaN or inf")
+        check_finite_tensors({name: array}, where.removesuffix(f": tensor {name!r}"))
     else:
         array = raw.reshape(shape[0], -1)
         _check_codes(array, dtype, where)
@@ -282,15 +292,23 @@ def layers_from_tensors(
     return layers
 
 
+def is_lq40(path: Path) -> bool:
+    """True when ``path`` is a file that starts with the LQ40 magic (a previous ``leworld quantize`` result)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def read_model(path: Path) -> tuple[ModelConfig, dict[str, QLinear], dict[str, np.ndarray], dict[str, Any]]:
-    """An LQ40 model: (config, linear layers, other float32 tensors, header)."""
+    """An LQ40 model: (config, linear layers, other float32 tensors, header). A model folder's
+    ``model.lq40`` must agree with the folder (:func:`check_folder_copy`)."""
+    path = Path(path)
     header, tensors = read_lq40(path)
     if not isinstance(header.get("model"), dict):
         raise LeWorldError(f"{path}: header field 'model' (the model config) must be an object")
-    try:
-        cfg = ModelConfig.from_dict(header["model"])
-    except LeWorldError as err:
-        raise LeWorldError(f"{path}: {err}") from None
+    cfg = ModelConfig.from_dict(header["model"], source=f"{path}: header field 'model'")
     probe = tensors.get("probe.net.0.weight")
     probe_hidden = probe.shape[0] if probe is not None else None
     layers = layers_from_tensors(tensors, linear_shapes(cfg, probe_hidden), str(path))
@@ -301,4 +319,110 @@ def read_model(path: Path) -> tuple[ModelConfig, dict[str, QLinear], dict[str, n
         if t is None or t.dtype != "f32":
             raise LeWorldError(f"{path}: missing f32 tensor {name}")
         others[name] = t.data
+    check_folder_copy(path, header, tensors)
     return cfg, layers, others, header
+
+
+def check_folder_copy(path: Path, header: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
+    """Where ``path`` is a model folder's ``model.lq40``: its probe must equal the folder's
+    ``probe.safetensors`` (value for value: both are float32), and its ``source_sha256`` (when the
+    header has one) the folder's ``config.json`` checksum.
+
+    Raises:
+        LeWorldError: naming the file, what differs and how to rewrite it.
+    """
+    from world_models.locate import LQ40_FILE
+
+    path = Path(path)
+    folder = path.parent
+    if path.name != LQ40_FILE or not (folder / "config.json").is_file():
+        return
+    mode = header.get("quantization", {}).get("mode", "full") if isinstance(header.get("quantization"), dict) else ""
+    requantize = f"leworld quantize --model {folder} --mode {mode} --out {path}"
+    source = header.get(SOURCE_SHA256)
+    if isinstance(source, str):
+        try:
+            weights = json.loads((folder / "config.json").read_text()).get(SHA256_KEY)
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+            weights = None  # the folder's own loader names what is wrong with its config.json
+        if isinstance(weights, str) and weights != source:
+            raise LeWorldError(
+                f"{path}: was quantized from other weights than {folder / 'model.safetensors'} (header "
+                f"{SOURCE_SHA256} {source}, config.json {SHA256_KEY} {weights}): it is stale; rewrite it: {requantize}"
+            )
+    if not (folder / PROBE_FILE).exists():
+        return
+    probe = read_safetensors(folder / PROBE_FILE)
+    copy = {name[len(PROBE_PREFIX) :]: t for name, t in tensors.items() if name.startswith(PROBE_PREFIX)}
+    same = set(copy) == set(probe) and all(
+        copy[k].dtype == "f32"
+        and copy[k].shape == tuple(probe[k].shape)
+        and np.array_equal(copy[k].data.reshape(probe[k].shape), probe[k])
+        for k in probe
+    )
+    if not same:
+        what = "carries no probe" if not copy else "carries a different probe"
+        raise LeWorldError(
+            f"{path}: {what} than {folder / PROBE_FILE} (the probe was refit after quantizing), so this backend "
+            f"and the float32 ones would disagree; rewrite it: leworld probe --model {folder} ..., or {requantize}"
+        )
+
+
+def probe_tensors_for(header: Mapping[str, Any], probe: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """A probe's state dict (``z_mean``, ``z_std``, ``net.*``) as the float32 ``probe.*`` tensors of the LQ40
+    file whose header is ``header``, once it fits that file's model.
+
+    Raises:
+        LeWorldError: naming ``source``, when the probe's latent size is not the model's or a tensor is missing.
+    """
+    model = header.get("model")
+    latent = model.get("latent_dim") if isinstance(model, dict) else None
+    arrays = {PROBE_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32) for k, v in probe.items()}
+    wanted = ("probe.z_mean", "probe.z_std", "probe.net.0.weight", "probe.net.0.bias", "probe.net.2.weight")
+    missing = [k for k in wanted if k not in arrays]
+    if missing:
+        raise LeWorldError(f"{source}: the new probe lacks {', '.join(missing)}")
+    if arrays["probe.z_mean"].shape != (latent,) or arrays["probe.net.0.weight"].shape[1:] != (latent,):
+        raise LeWorldError(
+            f"{source}: cannot carry the new probe: it reads latents of size {arrays['probe.z_mean'].shape[0]}, "
+            f"the model in this file has latent_dim {latent!r}; rewrite the file with leworld quantize"
+        )
+    check_finite_tensors(arrays, source)
+    return arrays
+
+
+def replace_probe(path: Path, probe: Mapping[str, np.ndarray], parsed: tuple[dict, dict] | None = None) -> int:
+    """Rewrite the LQ40 file ``path`` (atomically) with ``probe`` (:func:`probe_tensors_for`'s tensors) in
+    place of the probe it carries: every other tensor and header field is kept byte for byte, and the
+    tensors keep their order (a probe equal to the old one gives the same file). ``parsed``: the file's
+    :func:`read_lq40`, when the caller has read it already. Returns the file's size."""
+    header, tensors = parsed if parsed is not None else read_lq40(path)
+    new = {k: Tensor(k, "f32", tuple(v.shape), v) for k, v in probe.items()}
+    out = [new.get(name, t) for name, t in tensors.items() if not name.startswith(PROBE_PREFIX) or name in new]
+    out += [t for name, t in new.items() if name not in tensors]
+    kept = {k: v for k, v in header.items() if k not in ("format", "format_version", "alignment", "tensors")}
+    kept = {k: v for k, v in kept.items() if k not in ("data_size", "data_crc32")}
+    return write_lq40(path, kept, out)
+
+
+def save_folder_probe(folder: Path, probe: Any, probe_info: Mapping[str, Any] | None = None) -> None:
+    """Write a model folder's probe everywhere it lives: ``probe.safetensors`` and ``probe.json``
+    (:func:`world_models.lewm.folder.save_probe`) and the copy inside the folder's ``model.lq40``, if
+    there is one (``leworld probe`` calls this, so numba-q4 never plans with an old probe).
+
+    Raises:
+        LeWorldError: a probe tensor holds NaN or inf, or ``model.lq40`` cannot take this probe
+            (unreadable, or a model of another latent size); both are found before anything is written.
+    """
+    from world_models.lewm.folder import save_probe
+    from world_models.locate import LQ40_FILE
+
+    lq40 = Path(folder) / LQ40_FILE
+    parsed, arrays = None, None
+    if lq40.is_file():
+        parsed = read_lq40(lq40)
+        state = {k: v.detach().cpu().numpy() for k, v in probe.state_dict().items()}
+        arrays = probe_tensors_for(parsed[0], state, str(lq40))
+    save_probe(folder, probe, dict(probe_info or {}))
+    if parsed is not None and arrays is not None:
+        replace_probe(lq40, arrays, parsed)

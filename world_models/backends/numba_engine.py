@@ -10,14 +10,13 @@ only (the only one ``predict`` returns), and BatchNorm uses its running
 statistics (eval mode).
 
 Weights come from a model folder's ``model.safetensors`` (``numba``, read with
-:func:`world_models.files.read_safetensors`) or from an ``.lq40`` file (``numba-q4``,
+:func:`world_models.model_folder.read_model_folder`) or from an ``.lq40`` file (``numba-q4``,
 read with :func:`world_models.backends.lq40.read_model`); the names and shapes they must
 have are :mod:`world_models.backends.layout`'s.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,8 +44,8 @@ from world_models.backends.layout import (
 from world_models.backends.lq40 import read_model
 from world_models.config import CONV_GROUPS, ModelConfig
 from world_models.errors import LeWorldError
-from world_models.files import read_safetensors
 from world_models.interface import WorldModel
+from world_models.model_folder import read_model_folder
 
 
 def linear_from_state(state: Mapping[str, np.ndarray], prefix: str, shape: tuple[int, int]) -> np.ndarray:
@@ -233,18 +232,17 @@ class NumbaLeWM:
 
 
 def float_weights(folder: Path) -> tuple[ModelConfig, dict[str, np.ndarray], int | None]:
-    """A model folder's config and every float32 tensor (model, and probe under ``probe.``); the probe's width."""
-    folder = Path(folder)
-    cfg = ModelConfig.load(folder)
-    state = dict(read_safetensors(folder / "model.safetensors"))
-    probe_hidden = None
-    if (folder / "probe.safetensors").is_file():
-        state |= {f"probe.{k}": v for k, v in read_safetensors(folder / "probe.safetensors").items()}
-        try:
-            probe_hidden = int(json.loads((folder / "probe.json").read_text()).get("hidden", 256))
-        except (OSError, ValueError, AttributeError) as err:
-            raise LeWorldError(f"{folder / 'probe.json'}: unreadable ({err})") from None
-    return cfg, state, probe_hidden
+    """A model folder's config and every float32 tensor (model, and probe under ``probe.``); the probe's width.
+
+    The files are checked as :func:`world_models.lewm.folder.load_model` checks them
+    (:func:`world_models.model_folder.read_model_folder`: checksums, finite values, ``probe.json``).
+    """
+    cfg, weights, probe, info = read_model_folder(folder, "np")
+    state = dict(weights)
+    if probe is None:
+        return cfg, state, None
+    state |= {f"probe.{k}": v for k, v in probe.items()}
+    return cfg, state, info["hidden"]
 
 
 def build_layers(

@@ -22,6 +22,10 @@ WANDA (Sun et al. 2023) scores weight W[i, j] by |W[i, j]| * ||X_j||, the
 norm of input feature j over calibration activations, and zeroes the lowest
 scores within each output row. The norms come from the float32 model on
 calibration clips (torch, forward hooks on the predictor's layers).
+
+The header names the SHA-256 of the ``model.safetensors`` quantized (``source_sha256``), and the
+file carries the folder's probe (float32), so a loader can tell when a folder's ``model.lq40`` no
+longer matches its weights or its probe (:func:`world_models.backends.lq40.check_folder_copy`).
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from typing import Any
 import numpy as np
 
 from world_models.backends.layout import linear_shapes
-from world_models.backends.lq40 import SCALE_SUFFIX, Tensor, write_lq40
+from world_models.backends.lq40 import SCALE_SUFFIX, SOURCE_SHA256, Tensor, write_lq40
 from world_models.backends.numba_engine import build_layers, float_weights
 from world_models.config import ModelConfig
 from world_models.errors import LeWorldError
+from world_models.files import MODEL_FILE, sha256_file
 
 MODES: dict[str, tuple[str, str, float]] = {  # mode -> (encoder format, predictor format, WANDA sparsity)
     "full": ("i8", "q4_0", 0.0),
@@ -166,6 +171,7 @@ def quantize_folder(
         "model": cfg.to_dict(),
         "quantization": {"mode": mode, "sparsity": sparsity, "wanda": bool(sparsity), "layers": formats},
         "source": folder.name,
+        SOURCE_SHA256: sha256_file(folder / MODEL_FILE),  # lets a model folder's loader spot a stale model.lq40
     }
     nbytes = write_lq40(out, header, tensors)
     float_nbytes = sum(4 * int(np.prod(t.shape)) for t in tensors if not t.name.endswith(SCALE_SUFFIX))

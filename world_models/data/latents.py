@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from world_models.data.dataset import DatasetInfo, data_path, load_dataset_info, split_episodes
-from world_models.errors import DatasetError, LeWorldError
+from world_models.errors import DatasetError, LeWorldError, brief
 from world_models.interface import WorldModel
 
 
@@ -223,8 +223,10 @@ def load_latents(path: str | Path) -> LatentEpisodes:
             episode_ids=tensors["episode_ids"],
             info=json.loads(meta.get("info", "{}")),
         )
-    except (SafetensorError, OSError, KeyError, ValueError) as err:
-        raise LeWorldError(f"{path}: not a latents file ({err})") from None
+    except LeWorldError as err:
+        raise LeWorldError(f"{path}: {err}") from None
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as err:
+        raise LeWorldError(f"{path}: not a latents file ({brief(err)})") from None
 
 
 @dataclass(frozen=True)
