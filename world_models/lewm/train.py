@@ -12,9 +12,14 @@ batch (gathered with gradients) and BatchNorm takes global statistics, so N
 processes compute what one would on the same global batch.
 
 Checkpoints (``OUT/checkpoint.pt``: model, optimizer, step, RNG states) are
-written atomically every ``--checkpoint-every`` steps and on Ctrl-C;
+written atomically every ``--checkpoint-every`` steps and on Ctrl-C or SIGTERM;
 ``--resume`` continues from one. A torch file is unavoidable for optimizer
-state; it is read with ``weights_only=True``.
+state; it is read with ``weights_only=True`` and checked key by key.
+
+``--out`` is checked before any work; a run that fails before its first
+checkpoint leaves no folder behind. A non-finite loss, gradient norm or weight
+stops the run with an error (every process at the same step): no checkpoint
+or model with NaN weights is ever written, and the last good checkpoint stays.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from numba_kernels.pusht_raster import render_pusht
-from world_models.argtypes import non_negative_int, positive_int
+from world_models.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from world_models.config import ModelConfig, preset
 from world_models.data.dataset import PushTClips, load_dataset_info
 from world_models.errors import ArgumentError, LeWorldError
@@ -41,13 +47,20 @@ from world_models.lewm.folder import save_model
 from world_models.lewm.model import LeWM, count_parameters, init_weights, local_statistics, recalibrate_batchnorm
 from world_models.lewm.probe import apply_ridge, fit_dataset_probe, fit_ridge
 from world_models.pose import state_to_targets
+from world_models.signals import sigterm_as_ctrl_c, uninterrupted
 from world_models.training import (
-    check_resume,
-    clip_and_step,
+    CHECKPOINT,
+    check_finite,
+    check_finite_weights,
+    check_run_folder,
+    check_settings,
     load_checkpoint,
     log_parameter_counts,
+    restore,
     restore_rng,
+    run_folder,
     set_lr,
+    setting,
     shared_settings,
     warmup_cosine,
     write_checkpoint,
@@ -55,33 +68,44 @@ from world_models.training import (
 from world_models.video import add_video
 
 ROLLOUT_HORIZON = 5
+# The keys of a LeWM checkpoint (besides the RNG states) and their types.
+CHECKPOINT_FIELDS: dict[str, type] = {"model": dict, "optimizer": dict, "step": int, "config": str}
 
 
 @dataclass
 class TrainConfig:
-    """Training settings (the model's live in :class:`ModelConfig`)."""
+    """Training settings (the model's live in :class:`ModelConfig`).
+
+    A value out of its field's range (a learning rate that is not a finite number above 0, ...)
+    raises :class:`~world_models.errors.ArgumentError` here.
+    """
 
     data: str
     out: str
     preset: str = "tiny"
-    steps: int = 6000
-    batch_size: int = 128  # global, split across processes
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup: int = 300
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    num_preds: int = 1
-    val_fraction: float = 0.1
-    val_every: int = 500
-    val_batches: int = 4
-    checkpoint_every: int = 500
-    log_every: int = 25
+    steps: int = setting(6000, minimum=1)
+    batch_size: int = setting(128, minimum=1)  # global, split across processes
+    lr: float = setting(1e-3, above=0.0)
+    weight_decay: float = setting(0.05, minimum=0.0)
+    warmup: int = setting(300, minimum=0)
+    min_lr_ratio: float = setting(0.05, minimum=0.0)
+    grad_clip: float = setting(1.0, above=0.0)
+    num_preds: int = setting(1, minimum=1)
+    val_fraction: float = setting(0.1, minimum=0.0)
+    val_every: int = setting(500, minimum=1)
+    val_batches: int = setting(4, minimum=1)
+    checkpoint_every: int = setting(500, minimum=1)
+    log_every: int = setting(25, minimum=1)
     seed: int = 0
-    probe_steps: int = 1500
-    probe_clips: int = 4000
-    threads: int = 0  # 0: torch's default
+    probe_steps: int = setting(1500, minimum=1)
+    probe_clips: int = setting(4000, minimum=1)
+    threads: int = setting(0, minimum=0)  # 0: torch's default
     pose_weight: float | None = None  # None: the preset's (0 for all but tiny_cnn_pose)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.pose_weight is not None and not (math.isfinite(self.pose_weight) and self.pose_weight >= 0):
+            raise ArgumentError(f"pose_weight must be a finite number of at least 0, got {self.pose_weight!r}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -113,6 +137,15 @@ def local_slice(batch_size: int, rank: int, world: int) -> slice:
         raise ArgumentError(f"batch size {batch_size} must be divisible by the {world} processes")
     per = batch_size // world
     return slice(rank * per, (rank + 1) * per)
+
+
+def all_processes_agree(ok: bool) -> bool:
+    """True when ``ok`` holds in every process of the group (``ok`` itself in a single process)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return ok
+    flag = torch.tensor([1.0 if ok else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
 
 
 def wrap_distributed(model: LeWM) -> torch.nn.Module:
@@ -224,6 +257,7 @@ class Run:
     step: int  # steps done
     rng_state: dict[str, Any]  # ``rng`` at the start of step ``step + 1``: what a checkpoint keeps
     writer: Any  # the SummaryWriter, in process 0 only (None elsewhere)
+    saved_step: int | None = None  # the step OUT/checkpoint.pt holds (None: none written)
 
 
 def load_clips(cfg: TrainConfig, model_cfg: ModelConfig, progress: bool) -> tuple[PushTClips, PushTClips, ModelConfig]:
@@ -254,10 +288,15 @@ def start_run(cfg: TrainConfig, model_cfg: ModelConfig | None, resume: bool, pro
     from torch.utils.tensorboard import SummaryWriter
 
     out = Path(cfg.out)
-    ckpt_path = check_resume(out, resume)
-    state = load_checkpoint(ckpt_path) if resume else None
+    ckpt_path = out / CHECKPOINT
+    state = load_checkpoint(ckpt_path, CHECKPOINT_FIELDS) if resume else None
     if state is not None:
-        model_cfg = ModelConfig.from_dict(json.loads(state["config"]), source=str(ckpt_path))
+        model_cfg = restore(
+            ckpt_path,
+            "config",
+            lambda text: ModelConfig.from_dict(json.loads(text), source=str(ckpt_path)),
+            state["config"],
+        )
     if model_cfg is None:
         model_cfg = preset(cfg.preset)
         if cfg.pose_weight is not None:
@@ -271,31 +310,58 @@ def start_run(cfg: TrainConfig, model_cfg: ModelConfig | None, resume: bool, pro
     rng = np.random.default_rng(cfg.seed)  # the same in every process: all draw the global batch
     step = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        restore_rng(state, rng)
+        restore(ckpt_path, "model", model.load_state_dict, state["model"])
+        restore(ckpt_path, "optimizer", optimizer.load_state_dict, state["optimizer"])
+        step = state["step"]
+        restore_rng(state, rng, ckpt_path)
     train_clips.rng = rng
     writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
     if rank == 0 and step == 0:
         log_parameter_counts(count_parameters(model), writer)
-    return Run(model, optimizer, train_clips, val_clips, rng, step, rng.bit_generator.state, writer)
+    saved = step if state is not None else None
+    return Run(model, optimizer, train_clips, val_clips, rng, step, rng.bit_generator.state, writer, saved)
 
 
 # ------------------------------------------------------------------ main loop
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool = False, progress: bool = True) -> Path:
     """Train and write ``OUT/model``; returns that folder.
 
-    Setup (:func:`start_run`), the steps (:func:`run_steps`: each a :func:`train_step`,
-    logged, validated and checkpointed on its schedule), then :func:`finish`. Ctrl-C saves
-    a checkpoint of the finished steps first.
-    """
-    from tqdm import tqdm
+    ``--out`` is checked first (:func:`~world_models.training.check_run_folder`), then, in the run
+    folder (:func:`~world_models.training.run_folder`: removed again if the run fails before its
+    first checkpoint), setup (:func:`start_run`), the steps (:func:`run_steps`: each a
+    :func:`train_step`, logged, validated and checkpointed on its schedule), then :func:`finish`.
+    Ctrl-C or SIGTERM saves a checkpoint of the finished steps first.
 
+    Raises:
+        LeWorldError: a bad ``--out``, dataset or checkpoint.
+        Diverged: a non-finite loss, gradient norm or weight (nothing non-finite is written).
+    """
     rank, world = setup_distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run = start_run(cfg, model_cfg, resume, progress, rank)
+    check_run_folder(cfg.out, resume)
+    if dist.is_initialized():
+        dist.barrier()  # every process has checked --out before process 0 creates it
+    with sigterm_as_ctrl_c(), run_folder(cfg.out, leader=rank == 0):
+        run = start_run(cfg, model_cfg, resume, progress, rank)
+        try:
+            train_steps(run, cfg, progress, rank, world)
+            folder = Path(cfg.out) / "model"
+            if rank == 0:
+                with local_statistics():
+                    finish(run.model, cfg, folder, run.writer, run.train_clips)
+        finally:
+            if run.writer is not None:
+                run.writer.close()
+    if dist.is_initialized():
+        dist.barrier()
+    return folder
+
+
+def train_steps(run: Run, cfg: TrainConfig, progress: bool, rank: int, world: int) -> None:
+    """:func:`run_steps` under a progress bar; on Ctrl-C or SIGTERM process 0 saves a checkpoint first."""
+    from tqdm import tqdm
+
     part = local_slice(cfg.batch_size, rank, world)
     module = wrap_distributed(run.model)
     bar = tqdm(total=cfg.steps, initial=run.step, desc="training", unit="step", disable=not (progress and rank == 0))
@@ -304,32 +370,32 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, resume: bool =
         run_steps(run, module, part, cfg, bar)
     except KeyboardInterrupt:
         if rank == 0:  # an unfinished step is redone on resume, from the same batch
-            save_checkpoint(Path(cfg.out), run.model, run.optimizer, run.step, run.rng_state)
+            with uninterrupted():  # a second Ctrl-C waits for the checkpoint
+                save_checkpoint(Path(cfg.out), run.model, run.optimizer, run.step, run.rng_state)
             print(f"\ninterrupted at step {run.step}; checkpoint saved, continue with --resume")
         raise
     finally:
         bar.close()
         if run.writer is not None:
             run.writer.flush()
-    folder = Path(cfg.out) / "model"
-    if rank == 0:
-        with local_statistics():
-            finish(run.model, cfg, folder, run.writer, run.train_clips)
-        run.writer.close()
-    if dist.is_initialized():
-        dist.barrier()
-    return folder
 
 
 def run_steps(run: Run, module: torch.nn.Module, part: slice, cfg: TrainConfig, bar: Any) -> None:
-    """Steps from ``run.step`` to ``cfg.steps``; process 0 logs, validates and checkpoints on their schedules."""
+    """Steps from ``run.step`` to ``cfg.steps``; process 0 logs, validates and checkpoints on their schedules.
+
+    Raises:
+        Diverged: a non-finite loss or gradient norm (before the optimizer steps), or non-finite
+            weights at a checkpoint (before it is written).
+    """
     leader = run.writer is not None  # process 0
     tick, clips_done = time.perf_counter(), 0
     while run.step < cfg.steps:
         lr = lr_at(run.step, cfg)
         out_step, grad_norm = optimize(run, module, part, lr, cfg)
-        run.step += 1
-        run.rng_state = run.rng.bit_generator.state  # where step ``step + 1`` will draw from
+        with uninterrupted():  # a checkpoint never holds half a step
+            run.optimizer.step()
+            run.step += 1
+            run.rng_state = run.rng.bit_generator.state  # where step ``step + 1`` will draw from
         clips_done += cfg.batch_size
         bar.update(1)
         last = run.step == cfg.steps
@@ -340,17 +406,40 @@ def run_steps(run: Run, module: torch.nn.Module, part: slice, cfg: TrainConfig, 
         if leader and (run.step % cfg.val_every == 0 or last):
             with local_statistics():
                 validate(run.model, run.train_clips, run.val_clips, cfg, run.writer, run.step)
-        if leader and (run.step % cfg.checkpoint_every == 0 or last):
-            save_checkpoint(Path(cfg.out), run.model, run.optimizer, run.step, run.rng_state)
+        if run.step % cfg.checkpoint_every == 0 or last:
+            checkpoint(run, cfg, leader)
+
+
+def saved_at(run: Run) -> str | None:
+    """Where the kept checkpoint is, for a divergence message (None: none was written)."""
+    return None if run.saved_step is None else f"step {run.saved_step}"
+
+
+def checkpoint(run: Run, cfg: TrainConfig, leader: bool) -> None:
+    """Check the weights in every process (the same in all), then process 0 writes ``OUT/checkpoint.pt``.
+
+    Raises:
+        Diverged: a weight is not finite (the checkpoint on disk stays as it was).
+    """
+    out = Path(cfg.out)
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict()}
+    check_finite_weights(state, at=f"step {run.step}", lr=cfg.lr, checkpoint=out / CHECKPOINT, saved=saved_at(run))
+    if leader:
+        save_checkpoint(out, run.model, run.optimizer, run.step, run.rng_state)
+    run.saved_step = run.step
 
 
 def optimize(
     run: Run, module: torch.nn.Module, part: slice, lr: float, cfg: TrainConfig
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One optimizer step at learning rate ``lr``; the step's losses and gradient norm.
+    """Everything of one step at learning rate ``lr`` but the optimizer's own step (the caller's);
+    the step's losses and gradient norm (before clipping).
 
     Every process draws the global batch and keeps its ``part``; the forward and
     backward go through this module's :func:`train_step` (looked up at call time).
+
+    Raises:
+        Diverged: the loss or the gradient norm is not finite in some process (all raise).
     """
     batch = run.train_clips.sample(cfg.batch_size)
     pixels = torch.from_numpy(batch.pixels[part])
@@ -359,7 +448,16 @@ def optimize(
     set_lr(run.optimizer, lr)
     run.optimizer.zero_grad(set_to_none=True)
     out_step = train_step(module, pixels, actions, sigreg_generator(cfg.seed, run.step), pose)
-    grad_norm = clip_and_step(run.model.parameters(), run.optimizer, cfg.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    check_finite(
+        out_step["loss"],
+        grad_norm,
+        at=f"step {run.step + 1}",
+        lr=cfg.lr,
+        checkpoint=Path(cfg.out) / CHECKPOINT,
+        saved=saved_at(run),
+        agree=all_processes_agree,
+    )
     return out_step, grad_norm
 
 
@@ -429,6 +527,9 @@ def finish(model: LeWM, cfg: TrainConfig, folder: Path, writer, train_clips: Pus
     )
     for name, value in r2.items():
         writer.add_scalar(f"probe/r2_{name}", value, cfg.steps)
+    at = f"step {cfg.steps} (BatchNorm recalibrated)"
+    kept = Path(cfg.out) / CHECKPOINT
+    check_finite_weights(model.state_dict(), at=at, lr=cfg.lr, checkpoint=kept, saved=f"step {cfg.steps}")
     save_model(folder, model, probe, info)
     print("probe R^2 on validation episodes: " + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()))
     print(f"model written to {folder}")
@@ -454,13 +555,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=positive_int, default=defaults.steps)
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="global batch, in clips")
-    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--lr", type=positive_float, default=defaults.lr, help=f"peak learning rate ({defaults.lr:g})")
     p.add_argument("--val-every", type=positive_int, default=defaults.val_every)
     p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every)
     p.add_argument("--probe-steps", type=positive_int, default=defaults.probe_steps)
     p.add_argument(
         "--pose-weight",
-        type=float,
+        type=non_negative_float,
         help="weight of the pose-aware auxiliary loss (not LeWM's; default: the preset's, 0 but for tiny_cnn_pose)",
     )
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -504,6 +605,9 @@ def main() -> None:
     except LeWorldError as err:
         print(f"train: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the checkpoint is saved
+        print("train: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,12 @@ transitions (a seeded subsample sorted by a coarse key) -> the model ->
   under ``no_grad`` and only measures the gain (loss without - loss with).
 
 TensorBoard per phase (``phase{1,2,3}/...``), resumable atomic checkpoints
-(``OUT/checkpoint.pt``, read with ``weights_only=True``), a progress bar, all
-randomness from the seed. The matched-size LeWM baseline trains here too.
+(``OUT/checkpoint.pt``, read with ``weights_only=True`` and checked key by key;
+written on Ctrl-C and SIGTERM too), a progress bar, all randomness from the
+seed. ``--out`` is checked before any work, a run that fails before its first
+checkpoint leaves no empty folder, and a non-finite loss, gradient norm or
+weight stops the run with an error (nothing non-finite is written). The
+matched-size LeWM baseline trains here too.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from world_models.data.latents import (
     save_latents,
     window_starts,
 )
-from world_models.errors import ArgumentError, LeWorldError
+from world_models.errors import LeWorldError
 from world_models.lewm.model import Predictor
 from world_models.memory.model import (
     DYN_RECORDS,
@@ -60,13 +64,18 @@ from world_models.memory.model import (
     memory_preset,
     transition_vector,
 )
+from world_models.signals import sigterm_as_ctrl_c, uninterrupted
 from world_models.training import (
-    check_resume,
+    CHECKPOINT,
+    check_finite,
+    check_finite_weights,
+    check_run_folder,
     check_settings,
-    clip_and_step,
     load_checkpoint,
     log_parameter_counts,
+    restore,
     restore_rng,
+    run_folder,
     set_lr,
     setting,
     shared_settings,
@@ -76,6 +85,15 @@ from world_models.training import (
 
 LATENTS_FILE = "latents.safetensors"
 PHASES = (1, 2, 3)
+# The keys of a memory-model checkpoint (besides the RNG states) and their types.
+CHECKPOINT_FIELDS: dict[str, type] = {
+    "model": dict,
+    "dyn_bits": torch.Tensor,
+    "optimizer": dict,
+    "phase": int,
+    "step": int,
+    "memory_config": str,
+}
 
 
 @dataclass
@@ -382,8 +400,9 @@ class MemoryRun:
     step: int  # steps done in ``phase``
     offset: int  # steps of the phases before ``phase`` (TensorBoard's step is offset + step)
     state: dict[str, Any] | None  # the checkpoint resumed from, until its phase has started
+    rng_state: dict[str, Any]  # ``rng`` at the start of the next step (what a checkpoint keeps)
     optimizer: torch.optim.Optimizer | None = None  # the current phase's
-    rng_state: dict[str, Any] | None = None  # ``rng`` before the current step's draw
+    saved: str | None = None  # where OUT/checkpoint.pt is ("phase 2, step 500"; None: none written)
 
 
 def prepare_latents(
@@ -402,14 +421,27 @@ def prepare_latents(
     return latents, train_lat, val_lat, dynamics_transitions(train_lat, cfg.seed)
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint ``path`` of a memory-model run, checked (its keys, their types, the phase).
+
+    Raises:
+        LeWorldError: naming the file and what is wrong with it.
+    """
+    state = load_checkpoint(path, CHECKPOINT_FIELDS)
+    if not 1 <= state["phase"] <= len(PHASES) + 1:
+        raise LeWorldError(f"{path}: 'phase' is {state['phase']}, expected 1 to {len(PHASES) + 1}")
+    return state
+
+
 def start_run(cfg: MemoryTrainConfig, latents: LatentEpisodes | None, resume: bool, progress: bool) -> MemoryRun:
-    """Latents, model and RNGs, from the checkpoint in ``OUT`` with ``resume``, from the seed otherwise."""
+    """Latents, model and RNGs, from the checkpoint in ``OUT`` with ``resume``, from the seed otherwise
+    (the checkpoint is read first: a bad one fails before the dataset is encoded)."""
     from torch.utils.tensorboard import SummaryWriter
 
     mcfg = memory_preset(cfg.memory_preset)  # an unknown name fails here, with the list
     out = Path(cfg.out)
-    ckpt_path = check_resume(out, resume)
-    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+    state = read_checkpoint(ckpt_path) if resume else None
     latents, train_lat, val_lat, dyn = prepare_latents(cfg, out, latents, progress)
 
     torch.manual_seed(cfg.seed)
@@ -417,18 +449,28 @@ def start_run(cfg: MemoryTrainConfig, latents: LatentEpisodes | None, resume: bo
     init_weights(model)
     rng = np.random.default_rng(cfg.seed)
     phase, step = 1, 0
-    state = load_checkpoint(ckpt_path) if resume else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        model.dyn_bits.copy_(state["dyn_bits"])
-        phase, step = int(state["phase"]), int(state["step"])
-        restore_rng(state, rng)
+        restore(ckpt_path, "model", model.load_state_dict, state["model"])
+        restore(ckpt_path, "dyn_bits", model.dyn_bits.copy_, state["dyn_bits"])
+        phase, step = state["phase"], state["step"]
+        restore_rng(state, rng, ckpt_path)
     writer = SummaryWriter(str(out / "tb"))
     if state is None:
         log_parameter_counts(count_parameters(model), writer)
     generator = torch.Generator().manual_seed(cfg.seed + 17)
     offset = sum(cfg.phase_steps[: phase - 1])
-    return MemoryRun(out, latents, train_lat, val_lat, dyn, model, rng, generator, writer, phase, step, offset, state)
+    at = rng.bit_generator.state  # where the next step draws from
+    run = MemoryRun(
+        out, latents, train_lat, val_lat, dyn, model, rng, generator, writer, phase, step, offset, state, at
+    )
+    if state is not None:
+        run.saved = where(phase, step)
+    return run
+
+
+def where(phase: int, step: int) -> str:
+    """A place in a three-phase run, as messages name it."""
+    return f"phase {phase}, step {step}" if phase <= len(PHASES) else "the end of phase 3"
 
 
 # ------------------------------------------------------------------ main loop
@@ -441,29 +483,47 @@ def train_leworld(
     """Run the three phases and write ``OUT/model`` (config.json with ``"kind": "leworld"``,
     model.safetensors, memory.safetensors); returns that folder.
 
-    Setup (:func:`start_run`), each phase (:func:`run_phase`: its steps, then
-    :func:`end_phase`), then :func:`finish`. Ctrl-C saves a checkpoint first.
-    """
-    from tqdm import tqdm
+    ``--out`` is checked first (:func:`~world_models.training.check_run_folder`), then, in the
+    run folder (:func:`~world_models.training.run_folder`: removed again if the run fails before
+    it wrote anything), setup (:func:`start_run`), each phase (:func:`run_phase`: its steps,
+    then :func:`end_phase`), then :func:`finish`. Ctrl-C or SIGTERM saves a checkpoint first.
 
+    Raises:
+        LeWorldError: a bad ``--out``, dataset, encoder model or checkpoint.
+        Diverged: a non-finite loss, gradient norm or weight (nothing non-finite is written).
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run = start_run(cfg, latents, resume, progress)
+    memory_preset(cfg.memory_preset)  # an unknown name fails here, with the list
+    check_run_folder(cfg.out, resume)
+    with sigterm_as_ctrl_c(), run_folder(cfg.out):
+        run = start_run(cfg, latents, resume, progress)
+        try:
+            run_phases(run, cfg, progress)
+            return finish(run, cfg)
+        finally:
+            run.writer.close()
+
+
+def run_phases(run: MemoryRun, cfg: MemoryTrainConfig, progress: bool) -> None:
+    """The phases left, under a progress bar; on Ctrl-C or SIGTERM a checkpoint of the finished steps first."""
+    from tqdm import tqdm
+
     initial = run.offset + run.step
     bar = tqdm(total=sum(cfg.phase_steps), initial=initial, desc="leworld", unit="step", disable=not progress)
     try:
         while run.phase <= 3:
             run_phase(run, cfg, bar)
     except KeyboardInterrupt:
-        if run.optimizer is not None:
-            save_checkpoint(run.out, run.model, run.optimizer, run.phase, run.step, run.rng)
-        if run.rng_state is not None:
+        if run.optimizer is not None:  # an unfinished step is redone on resume, from the same windows
             run.rng.bit_generator.state = run.rng_state
+            with uninterrupted():  # a second Ctrl-C waits for the checkpoint
+                save_checkpoint(run.out, run.model, run.optimizer, run.phase, run.step, run.rng)
         print(f"\ninterrupted in phase {run.phase} at step {run.step}; checkpoint saved, continue with --resume")
         raise
     finally:
         bar.close()
-    return finish(run, cfg)
+        run.writer.flush()
 
 
 def start_phase(run: MemoryRun, cfg: MemoryTrainConfig) -> list[nn.Parameter]:
@@ -473,21 +533,29 @@ def start_phase(run: MemoryRun, cfg: MemoryTrainConfig) -> list[nn.Parameter]:
         run.model.codec.requires_grad_(False)
     params = trainable(run.model, run.phase)
     run.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if run.state is not None and int(run.state["phase"]) == run.phase and run.step > 0:
-        run.optimizer.load_state_dict(run.state["optimizer"])
+    if run.state is not None and run.state["phase"] == run.phase and run.step > 0:
+        restore(run.out / CHECKPOINT, "optimizer", run.optimizer.load_state_dict, run.state["optimizer"])
     return params
 
 
 def run_phase(run: MemoryRun, cfg: MemoryTrainConfig, bar: Any) -> None:
     """The steps of ``run.phase`` from ``run.step`` on, logged and checkpointed on their schedules,
-    then :func:`end_phase`."""
+    then :func:`end_phase`.
+
+    Raises:
+        Diverged: a non-finite loss or gradient norm (before the optimizer steps), or non-finite
+            weights at a checkpoint (before it is written).
+    """
     phase, total = run.phase, cfg.phase_steps[run.phase - 1]
     params = start_phase(run, cfg)
     horizon = 1 if phase == 1 else cfg.horizon
     tick = time.perf_counter()
     while run.step < total:
         losses, grad_norm = optimize(run, cfg, params, horizon, total)
-        run.step += 1
+        with uninterrupted():  # a checkpoint never holds half a step
+            run.optimizer.step()
+            run.step += 1
+            run.rng_state = run.rng.bit_generator.state
         bar.update(1)
         if run.step % cfg.log_every == 0 or run.step == total:
             now = time.perf_counter()
@@ -495,21 +563,40 @@ def run_phase(run: MemoryRun, cfg: MemoryTrainConfig, bar: Any) -> None:
             bar.set_postfix(phase=phase, loss=f"{losses['loss'].item():.4f}")
             tick = now
         if run.step % cfg.checkpoint_every == 0 and run.step < total:
-            save_checkpoint(run.out, run.model, run.optimizer, phase, run.step, run.rng)
+            checkpoint(run, cfg)
     end_phase(run, cfg, total)
+
+
+def checkpoint(run: MemoryRun, cfg: MemoryTrainConfig) -> None:
+    """Check the weights, then write ``OUT/checkpoint.pt`` at ``run.phase``, ``run.step``.
+
+    Raises:
+        Diverged: a weight or an optimizer state is not finite (the checkpoint on disk stays as it was).
+    """
+    at = where(run.phase, run.step)
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict()}
+    check_finite_weights(state, at=at, lr=cfg.lr, checkpoint=run.out / CHECKPOINT, saved=run.saved)
+    save_checkpoint(run.out, run.model, run.optimizer, run.phase, run.step, run.rng)
+    run.saved = at
 
 
 def optimize(
     run: MemoryRun, cfg: MemoryTrainConfig, params: list[nn.Parameter], horizon: int, total: int
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One optimizer step of ``run.phase`` (of ``total`` steps) on fresh windows; its losses and gradient norm."""
-    run.rng_state = run.rng.bit_generator.state
+    """Everything of one step of ``run.phase`` (of ``total`` steps) on fresh windows but the optimizer's
+    own step (the caller's); its losses and gradient norm (before clipping).
+
+    Raises:
+        Diverged: the loss or the gradient norm is not finite.
+    """
     batch = sample_windows(run.train_lat, cfg.batch_size, run.model.cfg.context, horizon, run.rng)
     set_lr(run.optimizer, lr_at(run.step, total, cfg.lr))
     run.optimizer.zero_grad(set_to_none=True)
     losses = phase_step(run.model, run.phase, batch, run.dyn, cfg, run.step, run.generator)
     losses["loss"].backward()
-    grad_norm = clip_and_step(params, run.optimizer, cfg.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    at = where(run.phase, run.step + 1)
+    check_finite(losses["loss"], grad_norm, at=at, lr=cfg.lr, checkpoint=run.out / CHECKPOINT, saved=run.saved)
     return losses, grad_norm
 
 
@@ -535,7 +622,7 @@ def end_phase(run: MemoryRun, cfg: MemoryTrainConfig, total: int) -> None:
         run.writer.add_scalar(f"phase{run.phase}/val_normalised_error_{key}", value, run.offset + total)
     run.offset += total
     run.phase, run.step, run.state = run.phase + 1, 0, None
-    save_checkpoint(run.out, run.model, run.optimizer, run.phase, 0, run.rng)
+    checkpoint(run, cfg)
 
 
 def finish(run: MemoryRun, cfg: MemoryTrainConfig) -> Path:
@@ -548,6 +635,8 @@ def finish(run: MemoryRun, cfg: MemoryTrainConfig) -> Path:
         run.writer.add_scalar(f"eval/hard_soft_{key}", value, run.offset)
     run.writer.close()
     folder = run.out / "model"
+    kept = run.out / CHECKPOINT
+    check_finite_weights(run.model.state_dict(), at="the end", lr=cfg.lr, checkpoint=kept, saved=run.saved)
     save_leworld(
         folder,
         run.model,
@@ -646,7 +735,9 @@ def train_baseline(
         pred, _ = model.rollout(batch["z"][:, :c], batch["a"][:, :c], batch["a"][:, c : c + cfg.horizon])
         loss = F.mse_loss(pred, batch["z"][:, c : c + cfg.horizon])
         loss.backward()
-        clip_and_step(model.parameters(), optimizer, cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite(loss, grad_norm, at=f"baseline step {step + 1}", lr=cfg.lr, checkpoint=Path(), saved=None)
+        optimizer.step()
     model.eval()
     return model
 
@@ -677,11 +768,9 @@ def config_from_args(args: argparse.Namespace) -> MemoryTrainConfig:
 
     Raises:
         LeWorldError: an unknown memory preset (with the list).
-        ArgumentError: ``--lr`` not above 0.
+        ArgumentError: a setting out of its range (:class:`MemoryTrainConfig`).
     """
     memory_preset(args.memory_preset)  # an unknown name fails here, with the list
-    if not args.lr > 0:
-        raise ArgumentError(f"--lr must be above 0, got {args.lr}")
     steps = args.phase_steps
     if steps is None:
         steps = [max(1, round(args.steps * f)) for f in (0.3, 0.5, 0.2)]
