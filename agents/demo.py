@@ -38,6 +38,7 @@ class DemoSettings:
     backend: str | None = None
     window: bool | None = None  # None: open one where a display exists
     planner: dict[str, Any] | None = None  # overrides of the planner's settings (samples, iterations, ...)
+    trust_pickle: bool = False  # let ``agent`` be an SB3 .zip (unpickled: a crafted file runs code)
 
 
 def run_demo(settings: DemoSettings) -> tuple[PlayResult, WorldModel]:
@@ -47,7 +48,7 @@ def run_demo(settings: DemoSettings) -> tuple[PlayResult, WorldModel]:
     protocol = PROTOCOLS["lewm"]
     wm = world_models.load(settings.model, backend=settings.backend)
     planner = {"replan_every": DEMO_REPLAN_EVERY, **(settings.planner or {})}
-    agent = load_agent(settings.agent, wm, seed=settings.seed, **planner)
+    agent = load_agent(settings.agent, wm, seed=settings.seed, trust_pickle=settings.trust_pickle, **planner)
     options = episode_options(protocol, settings.seed, settings.episodes, len(open_start_bank(wm)))
     window = has_display() if settings.window is None else settings.window
     play_settings = PlaySettings(

@@ -417,24 +417,80 @@ def log_evaluation(result: EvaluationResult, logdir: Path, frames: list[np.ndarr
         writer.close()
 
 
-def load_agent(name: str, world_model: Any, seed: int = 0, **planner_kwargs: Any) -> Any:
-    """``cem``, ``icem``, ``mppi``, ``random``, or a stable-baselines3 ``.zip`` (PPO or SAC)."""
+def load_agent(name: str, world_model: Any, seed: int = 0, trust_pickle: bool = False, **planner_kwargs: Any) -> Any:
+    """An agent by name: ``cem``, ``icem``, ``mppi``, ``random``, an agent folder (``leworld train-agent``'s
+    ``OUT/model``, ``OUT/best`` or a checkpoint; also its ``agent.json`` or ``policy.safetensors``), or,
+    only with ``trust_pickle``, a stable-baselines3 ``.zip`` (PPO or SAC).
+
+    An agent folder is read without pickle. SB3's ``.zip`` is unpickled (cloudpickle) as it loads: a
+    crafted file runs code, so it is refused unless ``trust_pickle``.
+
+    Raises:
+        LeWorldError: an unknown name, a file that is not an agent, an agent trained for other
+            observations than ``world_model`` gives, or a ``.zip`` without ``trust_pickle``.
+    """
     from agents.planning import PLANNERS, RandomAgent, make_planner
+    from agents.policy_files import agent_folder, load_policy
 
     if name in PLANNERS:
         return make_planner(name, world_model, seed=seed, **planner_kwargs)
     if name == "random":
         return RandomAgent(seed=seed)
     path = Path(name)
-    if path.suffix != ".zip":
-        raise LeWorldError(f"unknown agent {name!r}; choose one of: {', '.join(PLANNERS)}, random, or a PATH.zip")
-    if not path.is_file():
-        raise LeWorldError(f"{path}: no such SB3 model file")
-    return load_sb3(path)
+    if agent_folder(path) is not None:
+        agent = load_policy(path)
+        check_agent_fits(agent, world_model)
+        return agent
+    if path.suffix == ".zip":
+        if not trust_pickle:
+            raise LeWorldError(
+                f"{path}: a stable-baselines3 .zip is unpickled as it loads (cloudpickle), and a crafted file runs "
+                "code; pass --trust-pickle (trust_pickle=True) only for a file you made or trust, or use an agent "
+                "folder (leworld train-agent writes OUT/model; agents.policy_files.save_agent converts a loaded model)"
+            )
+        if not path.is_file():
+            raise LeWorldError(f"{path}: no such SB3 model file")
+        return load_sb3(path)
+    if path.exists():
+        raise LeWorldError(f"{path}: not an agent folder (no agent.json and policy.safetensors) and not an SB3 .zip")
+    raise LeWorldError(
+        f"unknown agent {name!r}; choose one of: {', '.join(PLANNERS)}, random, an agent folder "
+        "(leworld train-agent's OUT/model), or an SB3 PATH.zip with --trust-pickle"
+    )
+
+
+def check_agent_fits(agent: Any, world_model: Any) -> None:
+    """An agent folder reads the latents ``world_model`` writes: goals of its latent width plus the pose
+    features, and an observation of whole latents.
+
+    Raises:
+        LeWorldError: naming the agent's folder, both widths, and the world model it was trained with.
+    """
+    from agents.policy_files import space_shapes
+    from world_models.pose import POSE_FEATURES
+
+    config = getattr(world_model, "config", None)
+    shapes = space_shapes(agent.observation_space)
+    if config is None or not isinstance(shapes, dict):
+        return
+    width = config.latent_dim
+    goals = [shapes.get(key) for key in ("achieved_goal", "desired_goal")]
+    observation = shapes.get("observation")
+    if goals == [[width + POSE_FEATURES]] * 2 and observation is not None and observation[0] % width == 0:
+        return
+    raise LeWorldError(
+        f"{agent.folder}: the agent reads observations of shapes {shapes}; this world model's latents are "
+        f"{width} wide (goals {width + POSE_FEATURES}); evaluate it with the world model it was trained in "
+        f"({agent.info.get('model', 'see its agent.json')})"
+    )
 
 
 def load_sb3(path: Path) -> Any:
-    """A saved SB3 PPO or SAC model (the algorithm is read from the file)."""
+    """A saved SB3 PPO or SAC ``.zip`` (the algorithm is read from the file's JSON part).
+
+    This unpickles the file: a crafted one runs code. Call it only for files you made or trust
+    (:func:`load_agent` calls it only with ``trust_pickle``).
+    """
     import zipfile
 
     from stable_baselines3 import PPO, SAC

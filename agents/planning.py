@@ -46,6 +46,37 @@ from world_models.interface import WorldModel
 from world_models.pose import POSE_FEATURES, features_to_pose
 
 PLANNERS = ("cem", "icem", "mppi")
+OBSERVATION_KEYS = ("observation", "achieved_goal", "desired_goal")
+
+
+def check_observation(observation: Any) -> dict[str, np.ndarray]:
+    """A goal observation dict's arrays as float32, checked: ``achieved_goal`` and ``desired_goal`` present,
+    and every array (those two and ``observation``, where given) real and finite.
+
+    Raises:
+        ArgumentError: naming the key, what it held and what was expected.
+    """
+    if not isinstance(observation, dict) or not all(k in observation for k in ("achieved_goal", "desired_goal")):
+        got = sorted(map(str, observation)) if isinstance(observation, dict) else type(observation).__name__
+        raise ArgumentError(f"expected a goal observation dict with keys {', '.join(OBSERVATION_KEYS)}, got {got}")
+    arrays = {}
+    for key in OBSERVATION_KEYS:
+        if key not in observation:
+            continue
+        try:
+            value = np.asarray(observation[key])
+        except (TypeError, ValueError) as err:
+            raise ArgumentError(f"observation[{key!r}] is not an array of numbers ({err})") from None
+        if np.iscomplexobj(value) or not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+            raise ArgumentError(f"observation[{key!r}] is an array of {value.dtype}; expected real numbers")
+        with np.errstate(over="ignore"):
+            array = value.astype(np.float32)
+        if not np.all(np.isfinite(array)):
+            raise ArgumentError(
+                f"observation[{key!r}] holds NaN or inf (or numbers beyond float32); expected finite numbers"
+            )
+        arrays[key] = array
+    return arrays
 
 
 def data_action_stats(world_model: WorldModel | str | Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -160,9 +191,10 @@ class LatentPlanner:
         Pass ``episode_start`` (SB3's ``evaluate_policy`` and ``leworld eval`` do): without it a
         new episode is recognised only by a new goal, and gym-pusht's fixed goal never changes.
         """
-        single = np.ndim(observation["achieved_goal"]) == 1
-        achieved = np.atleast_2d(np.asarray(observation["achieved_goal"], np.float32))
-        desired = np.atleast_2d(np.asarray(observation["desired_goal"], np.float32))
+        arrays = check_observation(observation)
+        single = arrays["achieved_goal"].ndim == 1
+        achieved = np.atleast_2d(arrays["achieved_goal"])
+        desired = np.atleast_2d(arrays["desired_goal"])
         d = self.config.latent_dim
         if achieved.shape[1] < d or desired.shape != achieved.shape:
             raise ArgumentError(
@@ -418,8 +450,10 @@ class RandomAgent:
         episode_start: Any = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, None]:
-        single = np.ndim(observation["achieved_goal"]) == 1
-        n = 1 if single else len(observation["achieved_goal"])
+        """Uniform actions in [-1, 1], one per env of a (checked) goal observation, single or batched."""
+        achieved = check_observation(observation)["achieved_goal"]
+        single = achieved.ndim == 1
+        n = 1 if single else len(achieved)
         actions = self.rng.uniform(-1, 1, (n, self.action_dim)).astype(np.float32)
         return (actions[0] if single else actions), None
 

@@ -6,14 +6,24 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from world_models.argtypes import dataclass_from_args, positive_int
+from world_models.argtypes import dataclass_from_args, output_path, positive_int
 from world_models.errors import LeWorldError
 
 if TYPE_CHECKING:
     from leworld_env.playback.play import ActionSource, PlaySettings
     from world_models.interface import WorldModel
 
-AGENT_HELP = "keyboard (a window), cem, icem, mppi, random, an SB3 PATH.zip, or replay (with --dataset)"
+AGENT_FILES = "an agent folder (leworld train-agent's OUT/model), an SB3 PATH.zip with --trust-pickle"
+AGENT_HELP = f"keyboard (a window), cem, icem, mppi, random, {AGENT_FILES}, or replay (with --dataset)"
+TRUST_PICKLE_HELP = (
+    "let --agent be a stable-baselines3 .zip: the file is unpickled, and a crafted file runs code; use only "
+    "files you made or trust (an agent folder needs no such flag)"
+)
+
+
+def add_trust_pickle(p: argparse.ArgumentParser) -> None:
+    """``--trust-pickle``, the one way to let ``--agent`` be an SB3 ``.zip`` (``eval``, ``play``, ``demo``)."""
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
 
 
 def add_planner_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +63,7 @@ def add_play(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--agent", default=None, help=f"{AGENT_HELP} (default: keyboard with a window, else cem)")
     p.add_argument("--headless", action="store_true", help="no window: draw to --record")
-    p.add_argument("--record", type=Path, help="write the session as out.gif or out.mp4")
+    p.add_argument("--record", type=output_path, help="write the session as out.gif or out.mp4")
     p.add_argument("--steps", type=positive_int, help="env steps in all (default: 50 headless, else until q)")
     p.add_argument("--episode-steps", type=positive_int, help="env steps before an episode resets (10 = LeWM's 50)")
     p.add_argument("--goal", choices=["dataset", "fixed"], default="dataset", help="goal: LeWM's or gym-pusht's")
@@ -63,6 +73,7 @@ def add_play(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="pusht-tiny", help="world model: shipped name or folder (pusht-tiny)")
     p.add_argument("--backend", help="numba-q4 (default), numba or torch")
     p.add_argument("--fps", type=float, default=4.0, help="frames per second of the window and recording (4)")
+    add_trust_pickle(p)
     add_planner_args(p)
     p.set_defaults(run=run_play)
 
@@ -95,7 +106,8 @@ def run_play(args: argparse.Namespace) -> int:
         else:
             from agents.evaluate import load_agent
 
-            source = agent_source(load_agent(args.agent, wm, seed=args.seed, **planner_kwargs(args)))
+            agent = load_agent(args.agent, wm, seed=args.seed, trust_pickle=args.trust_pickle, **planner_kwargs(args))
+            source = agent_source(agent)
         result = play(wm, source, settings)
     except ValueError as err:
         raise LeWorldError(str(err)) from None
@@ -143,11 +155,12 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--episodes", type=positive_int, default=3, help="episodes (3)")
     p.add_argument("--seed", type=int, default=0, help="episode i is leworld eval's episode i of this seed (0)")
-    p.add_argument("--out", type=Path, default=Path("leworld-demo.gif"), help="the GIF (leworld-demo.gif)")
-    p.add_argument("--agent", default="cem", help="cem (default), icem, mppi, random, or an SB3 PATH.zip")
+    p.add_argument("--out", type=output_path, default=Path("leworld-demo.gif"), help="the GIF (leworld-demo.gif)")
+    p.add_argument("--agent", default="cem", help=f"cem (default), icem, mppi, random, {AGENT_FILES}")
     p.add_argument("--model", default="pusht-tiny", help="world model: shipped name or folder (pusht-tiny)")
     p.add_argument("--backend", help="numba-q4 (default), numba or torch")
     p.add_argument("--no-window", action="store_true", help="never open a window")
+    add_trust_pickle(p)
     add_planner_args(p)
     p.set_defaults(run=run_demo)
 

@@ -8,7 +8,8 @@ its goal tee, coverage and success; the footer shows the step, the agent, and ho
 the imagined block has drifted from the real one.
 
 Action sources: the keyboard and mouse (a window only), a planner (``cem``, ``icem``,
-``mppi``), ``random``, an SB3 ``.zip``, or the actions of a dataset episode (replay).
+``mppi``), ``random``, an agent folder (or, with ``--trust-pickle``, an SB3 ``.zip``), or the actions of a
+dataset episode (replay).
 
 Keys: arrows move the agent (or hold the left mouse button where it should go),
 space pauses, ``n`` steps once while paused, ``r`` resets, ``q`` or Esc quits.
