@@ -150,9 +150,12 @@ def test_unwritable_output(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     result = run_cli("collect", "--episodes", "1", "--max-steps", "10", "--out", str(blocker / "ds"))
-    assert_one_line_error(result, "cannot write", str(blocker), "not a writable folder")
+    assert_one_line_error(result, "--out", str(blocker), "is a file, not a folder")
     result = run_cli("collect", "--episodes", "1", "--max-steps", "10", "--out", str(blocker / "deeper" / "ds"))
-    assert_one_line_error(result, "cannot write", str(blocker))
+    assert_one_line_error(result, "--out", str(blocker))
+    result = run_cli("collect", "--episodes", "1", "--max-steps", "10", "--out", str(blocker), "--overwrite")
+    assert_one_line_error(result, "--out", str(blocker), "not a folder")
+    assert blocker.read_text() == "not a folder"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through folder permissions")
@@ -160,7 +163,7 @@ def test_read_only_folder(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     result = run_cli("collect", "--episodes", "1", "--max-steps", "10", "--out", str(locked / "ds"))
-    assert_one_line_error(result, "cannot write", "not a writable folder")
+    assert_one_line_error(result, "--out", str(locked), "not writable")
 
 
 def test_missing_parent_folders_are_created(tmp_path):
@@ -175,7 +178,7 @@ def test_existing_dataset_needs_overwrite(tmp_path):
     args = ("collect", "--episodes", "1", "--max-steps", "10", "--image-size", "64", "--quiet", "--out", str(out))
     assert run_cli(*args).returncode == 0
     before = (out / "data" / "main_data.hdf5").stat().st_mtime_ns
-    assert_one_line_error(run_cli(*args), "already exists", "--overwrite")
+    assert_one_line_error(run_cli(*args), "exists and is not empty", "--overwrite")
     assert (out / "data" / "main_data.hdf5").stat().st_mtime_ns == before
     result = run_cli(*args, "--overwrite", "--seed", "5")
     assert result.returncode == 0, result.stderr

@@ -117,3 +117,95 @@ def test_example_script_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "clips of 4 model steps" in result.stdout
     assert (tmp_path / "ex" / "data" / "main_data.hdf5").is_file()
+
+
+# ------------------------------------------------------------------ damaged datasets: DatasetError naming the field
+def damaged_copy(source, tmp_path, name="damaged"):
+    folder = tmp_path / name
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(source, folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda meta: [meta], "expected a JSON object"),
+        (lambda meta: {**meta, "total_episodes": float("inf")}, "total_episodes"),
+        (lambda meta: {**meta, "total_episodes": "10"}, "total_episodes"),
+        (lambda meta: {**meta, "total_steps": -1}, "total_steps"),
+        (lambda meta: {**meta, "leworld": {**meta["leworld"], "image_size": 64.5}}, "leworld.image_size"),
+        (lambda meta: {**meta, "leworld": {**meta["leworld"], "image_size": True}}, "leworld.image_size"),
+        (lambda meta: {**meta, "leworld": {**meta["leworld"], "frameskip": None}}, "leworld.frameskip"),
+        (lambda meta: {**meta, "leworld": {**meta["leworld"], "action_scale": float("nan")}}, "action_scale"),
+        (lambda meta: {**meta, "leworld": {**meta["leworld"], "action_scale": -3}}, "action_scale"),
+        (lambda meta: {**meta, "leworld": {**meta["leworld"], "policy": 7}}, "leworld.policy"),
+        (lambda meta: {k: v for k, v in meta.items() if k != "total_steps"}, "missing field total_steps"),
+        (lambda meta: {**meta, "leworld": {k: v for k, v in meta["leworld"].items() if k != "seed"}}, "seed"),
+    ],
+)
+def test_damaged_metadata_names_the_field(short_dataset, tmp_path, edit, fragment):
+    import json
+
+    folder = damaged_copy(short_dataset, tmp_path)
+    path = folder / "data" / "metadata.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(DatasetError, match=r"metadata\.json") as caught:
+        load_dataset_info(folder)
+    assert fragment in str(caught.value)
+
+
+def test_deeply_nested_metadata_is_a_dataset_error(short_dataset, tmp_path):
+    folder = damaged_copy(short_dataset, tmp_path)
+    (folder / "data" / "metadata.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetError, match=r"metadata\.json"):
+        load_dataset_info(folder)
+
+
+def _rewrite(folder, episode, field, make):
+    """Replace ``episode_E/FIELD`` of the HDF5 file with ``make(h5_group, name, old_dataset)``."""
+    import h5py
+
+    with h5py.File(folder / "data" / "main_data.hdf5", "r+") as f:
+        group_name, name = (f"episode_{episode}/{field}").rsplit("/", 1)
+        group = f[group_name]
+        old = group[name][()]
+        del group[name]
+        make(group, name, old)
+
+
+@pytest.mark.parametrize(
+    ("field", "make", "fragment"),
+    [
+        ("observations/pixels", lambda g, n, old: g.create_dataset(n, data=old[:, :32]), "pixels"),
+        ("observations/pixels", lambda g, n, old: g.create_dataset(n, data=old.astype(np.float32)), "pixels"),
+        ("observations/agent_pos", lambda g, n, old: g.create_dataset(n, data=old[:-3]), "agent_pos"),
+        ("observations/block_pose", lambda g, n, old: g.create_dataset(n, data=old.astype("S8")), "block_pose"),
+        ("observations/agent_vel", lambda g, n, old: g.create_group(n), "agent_vel"),
+        ("actions", lambda g, n, old: g.create_dataset(n, data=old[:, :1]), "actions"),
+        # A declared size far beyond the file (chunked, never written): refused before any read.
+        ("actions", lambda g, n, old: g.create_dataset(n, shape=(10**12, 2), dtype="f4", chunks=(1024, 2)), "actions"),
+        ("actions", lambda g, n, old: g.create_dataset(n, data=np.full_like(old, np.nan)), "NaN"),
+    ],
+)
+def test_damaged_episode_arrays_name_the_field(short_dataset, tmp_path, field, make, fragment):
+    from world_models.data.dataset import read_episode
+
+    folder = damaged_copy(short_dataset, tmp_path)
+    _rewrite(folder, 0, field, make)
+    with pytest.raises(DatasetError, match=r"main_data\.hdf5") as caught:
+        PushTClips(folder, split="all")
+    assert fragment in str(caught.value)
+    if "pixels" not in field:
+        with pytest.raises(DatasetError, match=fragment):
+            read_episode(folder, 0)
+
+
+def test_a_missing_episode_group_is_named(short_dataset, tmp_path):
+    import h5py
+
+    folder = damaged_copy(short_dataset, tmp_path)
+    with h5py.File(folder / "data" / "main_data.hdf5", "r+") as f:
+        del f["episode_3"]
+    with pytest.raises(DatasetError, match="episode_3"):
+        PushTClips(folder, split="all")

@@ -152,15 +152,34 @@ def observation_space(latent_dim: int, history: int) -> spaces.Dict:
     )
 
 
+REAL_KINDS = "biuf"  # numpy dtype kinds an action may have: bool, integers, floats (not complex, text, objects)
+
+
+def _brief_value(value: Any, limit: int = 120) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_actions(actions: Any, batch: int) -> np.ndarray:
-    """Actions as float32 (batch, 2), clipped to [-1, 1]; NaN or inf is a ``ValueError``."""
-    array = np.asarray(actions, dtype=np.float32)
+    """Actions as float32 (batch, 2), clipped to [-1, 1].
+
+    Raises:
+        ArgumentError: (a ``ValueError``) naming the value, when it is not ``batch`` pairs of finite real
+            numbers: a complex, text or object array, a ragged list, NaN or inf.
+    """
+    expected = f"{batch} action(s) of shape (2,): finite real numbers in [-1, 1]"
+    try:
+        array = np.asarray(actions)
+    except (ValueError, TypeError) as err:  # a ragged list, an object numpy cannot hold
+        raise ArgumentError(f"action {_brief_value(actions)}: expected {expected} ({err})") from None
+    if array.dtype.kind not in REAL_KINDS:
+        raise ArgumentError(f"action {_brief_value(actions)} has dtype {array.dtype}; expected {expected}")
     if array.size != batch * 2:
-        raise ArgumentError(f"expected {batch} action(s) of shape (2,), got an array of shape {array.shape}")
-    array = array.reshape(batch, 2)
+        raise ArgumentError(f"expected {expected}, got an array of shape {array.shape}")
+    array = array.reshape(batch, 2).astype(np.float64)
     if not np.all(np.isfinite(array)):
-        raise ArgumentError(f"actions must be finite numbers in [-1, 1], got {array.tolist()}")
-    return np.clip(array, -1.0, 1.0)
+        raise ArgumentError(f"actions must be finite numbers in [-1, 1], got {_brief_value(array.tolist())}")
+    return np.clip(array, -1.0, 1.0).astype(np.float32)
 
 
 # ------------------------------------------------------------------ goals, reward, success

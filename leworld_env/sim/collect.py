@@ -6,20 +6,39 @@ same seed therefore gives the same data whatever the number of worker processes.
 This module adds what a dataset needs on top: the worker processes, Minari's
 storage and metadata, and writing.
 
-The dataset is written under a hidden temporary name beside the output folder
-and renamed into place only when complete, so a crash or Ctrl-C never leaves a
-half-written dataset under the final name. The field layout is documented in
-:mod:`world_models.data.dataset`.
+Jobs are streamed: at most :data:`IN_FLIGHT_PER_WORKER` episodes per worker are
+submitted and not yet written, whatever ``episodes`` is, and they come back in
+index order. Workers exit when the process that started them dies (on Linux
+``PR_SET_PDEATHSIG``, elsewhere a thread watching the parent), and SIGTERM is
+handled like Ctrl-C.
+
+The dataset is written under a hidden temporary name beside the output folder,
+``.NAME.partial-XXXXXXXX``, and renamed into place only when complete, so a crash
+or Ctrl-C never leaves a half-written dataset under the final name. The partial
+folder carries LeWorld's marker (:mod:`world_models.outputs`, kind ``dataset``, kept
+in the finished dataset) and :data:`OWNER_FILE`, the host and process writing it;
+a later run to the same ``NAME`` removes partial folders whose process is gone
+(a killed run's), and reports partial folders it cannot attribute. ``--overwrite``
+replaces only a dataset this tool wrote (:func:`world_models.data.dataset.is_leworld_dataset`).
+The field layout is documented in :mod:`world_models.data.dataset`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
+import socket
+import sys
+import threading
 import uuid
 import warnings
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from importlib import metadata as importlib_metadata
 from multiprocessing import get_context
@@ -28,10 +47,16 @@ from typing import Any
 
 from leworld_env.sim.episodes import EpisodeConfig, collect_episode, observation_space
 from leworld_env.sim.pusht_sim import ACTION_SPACE, HIDDEN_PHYSICS_FIELDS, HIDDEN_PHYSICS_RANGES
-from world_models.data.dataset import DATA_SUBDIR, METADATA_KEY
+from world_models.data.dataset import DATA_SUBDIR, METADATA_KEY, is_leworld_dataset
 from world_models.errors import LeWorldError
+from world_models.outputs import check_output_folder, marker_kind, removed_if_failed, write_marker
+from world_models.signals import sigterm_as_ctrl_c
 
 WRITE_CHUNK = 8  # episodes per HDF5 append
+MAX_EPISODES = 1_000_000  # per dataset: already ~3.7 TB of raw 64 px frames at 300 steps an episode
+IN_FLIGHT_PER_WORKER = 2  # episodes submitted to a worker process and not yet written, at most
+OWNER_FILE = ".leworld-owner.json"  # in a partial folder: the host and process writing it
+PARENT_POLL_S = 1.0  # how often a worker without PR_SET_PDEATHSIG checks that its parent lives
 
 
 @dataclass(frozen=True)
@@ -40,7 +65,7 @@ class CollectConfig(EpisodeConfig):
     :class:`~leworld_env.sim.episodes.EpisodeConfig`), and these.
 
     Attributes:
-        episodes: number of episodes.
+        episodes: number of episodes (1 to :data:`MAX_EPISODES`).
         jpeg: store frames JPEG-encoded (Minari's lossy option) instead of raw.
     """
 
@@ -49,8 +74,10 @@ class CollectConfig(EpisodeConfig):
 
     def validate(self) -> None:
         """Raise :class:`LeWorldError` naming the first bad field."""
-        if self.episodes <= 0:
-            raise LeWorldError(f"episodes must be a positive number, got {self.episodes}")
+        if isinstance(self.episodes, bool) or not isinstance(self.episodes, int) or self.episodes <= 0:
+            raise LeWorldError(f"episodes must be a positive whole number, got {self.episodes!r}")
+        if self.episodes > MAX_EPISODES:
+            raise LeWorldError(f"episodes {self.episodes} is above the {MAX_EPISODES:,} one dataset may hold")
         super().validate()
 
 
@@ -72,45 +99,218 @@ def physics_metadata(config: CollectConfig) -> dict:
     return {"physics_fields": list(HIDDEN_PHYSICS_FIELDS), "physics_ranges": ranges}
 
 
+# ------------------------------------------------------------------ workers
 def _collect_one(args: tuple[CollectConfig, int]) -> dict:
     # Looks ``collect_episode`` up in this module at call time, so a test can replace it here.
     return collect_episode(*args)
 
 
-def _init_worker() -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` (the process that started it) dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            threading.Event().wait(PARENT_POLL_S)
+
+    threading.Thread(target=watch, name="leworld-parent-watch", daemon=True).start()
+
+
+def _init_worker(parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     # One process per core already: numba's own threads would only oversubscribe the CPU.
     import numba
 
     numba.set_num_threads(1)
 
 
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill ``pool``'s worker processes now (on an error or an interrupt: their episodes are not wanted)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.kill()
+
+
 def iterate_episodes(config: CollectConfig, workers: int = 1) -> Iterator[dict]:
-    """Episodes in index order, computed in ``workers`` processes."""
-    jobs = [(config, i) for i in range(config.episodes)]
+    """Episodes in index order, computed in ``workers`` processes.
+
+    Jobs are made as they are needed: at most ``IN_FLIGHT_PER_WORKER * workers`` episodes are
+    submitted and not yet yielded, so memory does not grow with ``config.episodes``.
+    """
+    jobs = ((config, i) for i in range(config.episodes))
     if workers <= 1:
         yield from map(_collect_one, jobs)
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker)
+    limit = IN_FLIGHT_PER_WORKER * workers
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(os.getpid(),)
+    )
+    pending: deque[Future] = deque()
     try:
-        yield from pool.map(_collect_one, jobs, chunksize=1)
-    finally:  # on an error or Ctrl-C, drop the episodes not yet started
+        for job in jobs:
+            pending.append(pool.submit(_collect_one, job))
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool as err:
+        _stop_workers(pool)
+        raise LeWorldError(
+            f"a collect worker process died ({err}); out of memory? Try fewer --workers or a smaller --image-size"
+        ) from None
+    except BaseException:  # an error, Ctrl-C, SIGTERM, or the consumer stopped: drop the episodes in flight
+        for future in pending:
+            future.cancel()
+        _stop_workers(pool)
+        raise
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def check_output(out: Path, overwrite: bool) -> None:
-    """Fail early, with the path in the message, if ``out`` cannot be written."""
-    if out.exists() and not overwrite:
-        raise LeWorldError(f"{out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise LeWorldError(f"{out} exists and is not a folder")
-    # Missing parent folders are created (like mkdir -p); the nearest existing one must be writable.
-    existing = out.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise LeWorldError(f"cannot write {out}: {existing} is not a writable folder")
+# ------------------------------------------------------------------ the output folder
+def _protected(path: Path) -> str | None:
+    """Why replacing the existing folder ``path`` would delete something it must not, or None."""
+    resolved = path.resolve()
+    if path.is_symlink():
+        return "it is a symbolic link (a link is never replaced); name a folder"
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        return "it is (or holds) the current directory; name a new folder"
+    with contextlib.suppress(RuntimeError, KeyError, OSError):
+        home = Path.home().resolve()
+        if resolved == home or resolved in home.parents:
+            return "it is (or holds) your home folder; name a new folder"
+    return None
 
 
+def check_output(out: str | Path, overwrite: bool) -> None:
+    """Fail early, with the path in the message, if ``out`` cannot be written or may not be replaced.
+
+    The rule is :func:`world_models.outputs.check_output_folder`'s (a missing folder must be
+    creatable; an existing one must be empty, or with ``overwrite`` a dataset LeWorld wrote), where
+    a dataset written before marker files also counts
+    (:func:`world_models.data.dataset.is_leworld_dataset`). Never replaced, marked or not: a symbolic
+    link, the current directory or a folder above it, the home folder or one above it.
+    """
+    if str(out) == "":
+        raise LeWorldError("--out: an empty path; name the dataset folder to create")
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        why = _protected(out)
+        if why:
+            raise LeWorldError(f"--out {out}: refusing to replace it: {why}")
+        if overwrite and out.is_dir() and is_leworld_dataset(out):  # marked, or written before markers
+            parent = out.absolute().parent
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise LeWorldError(f"--out {out}: cannot replace it: {parent} is not writable")
+            return
+    check_output_folder(out, "--out", "dataset", overwrite=overwrite)
+    if out.exists() and not os.access(out.absolute().parent, os.W_OK | os.X_OK):
+        raise LeWorldError(f"--out {out}: cannot replace it: {out.absolute().parent} is not writable")
+
+
+def _is_empty_folder(path: Path) -> bool:
+    try:
+        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ partial folders
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, Linux), or None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def _process_gone(pid: int, started: str | None) -> bool:
+    """Whether process ``pid`` (started at ``started``) no longer runs: missing, a zombie, or another
+    process that reuses its number."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, another user's
+    except (OSError, OverflowError, ValueError):
+        return False
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+    now = _process_start(pid)
+    return started is not None and now is not None and now != started
+
+
+def _write_owner(partial: Path) -> None:
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid())}
+    (partial / OWNER_FILE).write_text(json.dumps(owner))
+
+
+def _owner_gone(partial: Path) -> bool | None:
+    """True when ``partial``'s writer (its :data:`OWNER_FILE`) ran on this host and is gone; False when
+    it still runs; None when the folder says nothing usable about its writer."""
+    try:
+        owner = json.loads((partial / OWNER_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return None
+    pid, started = owner.get("pid"), owner.get("started")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return None
+    return _process_gone(pid, started if isinstance(started, str) else None)
+
+
+def clean_stale_partials(out: Path, report: Callable[[str], None] | None = None) -> list[Path]:
+    """Remove the ``.NAME.partial-*`` folders beside ``out`` that a run of this tool left when it was
+    killed: each must carry LeWorld's dataset marker and name, in :data:`OWNER_FILE`, a process of
+    this host that is gone. A run still going is left alone; partial datasets whose writer is unknown
+    (another host's, one written before owner files) are reported, not touched. Returns the folders
+    removed."""
+    out = Path(out).absolute()
+    report = report or _report
+    removed = []
+    prefix = f".{out.name}.partial-"
+    try:
+        candidates = sorted(p for p in out.parent.iterdir() if p.name.startswith(prefix))
+    except OSError:
+        return []
+    for partial in candidates:
+        if partial.is_symlink() or not partial.is_dir():
+            continue
+        gone = _owner_gone(partial) if marker_kind(partial) == "dataset" else None
+        if gone:
+            shutil.rmtree(partial, ignore_errors=True)
+            if not partial.exists():
+                removed.append(partial)
+                report(f"removed {partial}: a partial dataset left by a collect run that was killed")
+        elif gone is None and (marker_kind(partial) == "dataset" or (partial / DATA_SUBDIR).is_dir()):
+            report(f"note: {partial} looks like a partial dataset of an interrupted run; remove it if no run uses it")
+    return removed
+
+
+def _report(message: str) -> None:
+    print(f"leworld collect: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ writing
 def dataset_metadata(config: CollectConfig, workers: int) -> dict[str, Any]:
     """The dataset's Minari metadata, with LeWorld's own section under :data:`METADATA_KEY`."""
     from minari import __version__ as minari_version
@@ -171,16 +371,33 @@ def write_episodes(storage: Any, config: CollectConfig, workers: int, progress: 
     bar.close()
 
 
-def move_into_place(partial: Path, out: Path) -> None:
+def move_into_place(partial: Path, out: Path, overwrite: bool = False) -> None:
     """Rename the complete dataset ``partial`` to ``out``; an old ``out`` (``--overwrite``) is
-    renamed aside first and deleted only once the new one is in place."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
+    renamed aside first and deleted only once the new one is in place.
+
+    ``out`` is checked again here (a collection can take hours): if it is no longer an empty folder or
+    (with ``overwrite``) a dataset LeWorld wrote, it is left alone and the new dataset is kept beside it.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        (partial / OWNER_FILE).unlink()
+    if not (out.exists() or out.is_symlink()):
         partial.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    if _protected(out) or not (_is_empty_folder(out) or (overwrite and is_leworld_dataset(out))):
+        kept = out.parent / f"{out.name}.new-{uuid.uuid4().hex[:8]}"
+        partial.rename(kept)
+        raise LeWorldError(
+            f"--out {out}: appeared or changed while collecting and is not a dataset LeWorld wrote; "
+            f"left it alone and kept the new dataset in {kept}"
+        )
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    out.rename(old)
+    try:
         partial.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def collect(
@@ -189,33 +406,41 @@ def collect(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    report: Callable[[str], None] | None = None,
 ) -> Path:
     """Collect ``config.episodes`` episodes into a Minari dataset at ``out``.
 
+    ``report`` receives one-line notes (a stale partial folder removed); by default they go to stderr.
+
     Returns:
-        ``out``, which holds ``data/metadata.json`` and ``data/main_data.hdf5``.
+        ``out``, which holds ``data/metadata.json``, ``data/main_data.hdf5`` and LeWorld's marker.
 
     Raises:
-        LeWorldError: a bad config value, or an output that exists (without
-            ``overwrite``) or cannot be written.
+        LeWorldError: a bad config value, or an output that exists (without ``overwrite``), may not
+            be replaced (see :func:`check_output`) or cannot be written.
     """
     config.validate()
-    if workers < 1:
-        raise LeWorldError(f"workers must be at least 1, got {workers}")
-    out = Path(out).absolute()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise LeWorldError(f"workers must be a whole number, at least 1, got {workers!r}")
     check_output(out, overwrite)
+    out = Path(out).absolute()
+    clean_stale_partials(out, report)
 
     partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial.mkdir()
-        storage = new_storage(partial / DATA_SUBDIR, config)
-        storage.update_metadata(dataset_metadata(config, workers))
-        write_episodes(storage, config, workers, progress)
-        move_into_place(partial, out)
+        # Missing parent folders are created, and removed again if the collection fails.
+        with sigterm_as_ctrl_c(), removed_if_failed(out.parent):
+            try:
+                partial.mkdir()
+                write_marker(partial, "dataset")
+                _write_owner(partial)
+                storage = new_storage(partial / DATA_SUBDIR, config)
+                storage.update_metadata(dataset_metadata(config, workers))
+                write_episodes(storage, config, workers, progress)
+                move_into_place(partial, out, overwrite)
+            finally:
+                if partial.exists():
+                    shutil.rmtree(partial, ignore_errors=True)
     except OSError as err:
         raise LeWorldError(f"cannot write {out}: {err.strerror or err}") from None
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
     return out

@@ -61,7 +61,6 @@ DEFAULT_ACTION_SCALE = 100.0
 DEFAULT_FRAMESKIP = 5
 # The relative action of :meth:`PushTSim.step`, of the datasets and of the envs (one definition).
 ACTION_SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
-IMAGE_SIZES = (64, 96, 224)
 SUCCESS_COVERAGE = 0.95  # gym-pusht's threshold
 LEWM_POSITION_TOLERANCE = 20.0  # px
 LEWM_ANGLE_TOLERANCE = math.pi / 9.0

@@ -58,6 +58,37 @@ def data_path(path: str | Path) -> Path:
     return path if path.name == DATA_SUBDIR and (path / "metadata.json").exists() else path / DATA_SUBDIR
 
 
+MINARI_FILES = ("metadata.json", "main_data.hdf5")  # what Minari's HDF5 storage writes in DIR/data
+
+
+def is_leworld_dataset(folder: str | Path) -> bool:
+    """Whether ``folder`` is a dataset ``leworld collect`` wrote (so ``--overwrite`` may replace it):
+    the one place that decides it.
+
+    Either it carries LeWorld's marker of kind ``dataset`` (:mod:`world_models.outputs`; every
+    dataset written since markers exist), or, for datasets written before, it holds nothing but
+    ``data/`` with Minari's files in it, and ``data/metadata.json`` has LeWorld's
+    :data:`METADATA_KEY` section. A symbolic link is never one.
+    """
+    from world_models.outputs import MARKER, marker_kind
+
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if marker_kind(folder) == "dataset":
+        return True
+    data = folder / DATA_SUBDIR
+    try:
+        if {p.name for p in folder.iterdir()} - {MARKER} != {DATA_SUBDIR} or data.is_symlink():
+            return False
+        if not {p.name for p in data.iterdir()} <= set(MINARI_FILES):
+            return False
+        metadata = json.loads((data / "metadata.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(metadata, dict) and isinstance(metadata.get(METADATA_KEY), dict)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a LeWorld dataset says about itself."""
@@ -73,12 +104,33 @@ class DatasetInfo:
     leworld: dict[str, Any]
 
 
+def _field(section: dict[str, Any], name: str, kind: str, where: Path, label: str) -> Any:
+    """``section[name]``, which must be a whole number (``kind`` "int"), a finite number ("float") or a string."""
+    if name not in section:
+        raise DatasetError(f"{where}: missing field {label}{name}")
+    value = section[name]
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        "str": isinstance(value, str),
+    }[kind]
+    if not ok:
+        expected = {"int": "a whole number", "float": "a finite number", "str": "a string"}[kind]
+        raise DatasetError(f"{where}: field {label}{name} must be {expected}, got {_short(value)}")
+    return value
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_dataset_info(path: str | Path) -> DatasetInfo:
     """Read and check a dataset's metadata.
 
     Raises:
         DatasetError: the folder or its metadata is missing, unreadable, or not
-            written by ``leworld collect``.
+            written by ``leworld collect``; a field is missing or of the wrong kind.
     """
     root = Path(path)
     meta_file = data_path(root) / "metadata.json"
@@ -88,30 +140,91 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
         raise DatasetError(f"{root}: not a Minari dataset (missing {meta_file.relative_to(root.parent)})")
     try:
         metadata = json.loads(meta_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise DatasetError(f"{meta_file}: unreadable metadata ({err})") from None
+    if not isinstance(metadata, dict):
+        raise DatasetError(f"{meta_file}: expected a JSON object, got {type(metadata).__name__}")
     lw = metadata.get(METADATA_KEY)
     if not isinstance(lw, dict):
         raise DatasetError(f"{meta_file}: no '{METADATA_KEY}' section; this dataset was not written by leworld collect")
-    try:
-        info = DatasetInfo(
-            path=root,
-            total_episodes=int(metadata["total_episodes"]),
-            total_steps=int(metadata["total_steps"]),
-            image_size=int(lw["image_size"]),
-            frameskip=int(lw["frameskip"]),
-            action_scale=float(lw["action_scale"]),
-            policy=str(lw["policy"]),
-            seed=int(lw["seed"]),
-            leworld=lw,
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise DatasetError(f"{meta_file}: missing or malformed field {err}") from None
+    label = f"{METADATA_KEY}."
+    info = DatasetInfo(
+        path=root,
+        total_episodes=_field(metadata, "total_episodes", "int", meta_file, ""),
+        total_steps=_field(metadata, "total_steps", "int", meta_file, ""),
+        image_size=_field(lw, "image_size", "int", meta_file, label),
+        frameskip=_field(lw, "frameskip", "int", meta_file, label),
+        action_scale=float(_field(lw, "action_scale", "float", meta_file, label)),
+        policy=_field(lw, "policy", "str", meta_file, label),
+        seed=_field(lw, "seed", "int", meta_file, label),
+        leworld=lw,
+    )
     if info.total_episodes <= 0:
-        raise DatasetError(f"{meta_file}: the dataset holds no episodes")
+        raise DatasetError(f"{meta_file}: the dataset holds no episodes (total_episodes {info.total_episodes})")
+    if info.total_steps < info.total_episodes:
+        raise DatasetError(
+            f"{meta_file}: total_steps {info.total_steps} is fewer than one step per episode "
+            f"({info.total_episodes} episodes)"
+        )
     if info.frameskip < 1 or info.image_size < 8:
         raise DatasetError(f"{meta_file}: frameskip {info.frameskip} / image size {info.image_size} out of range")
+    if not info.action_scale > 0:
+        raise DatasetError(f"{meta_file}: {label}action_scale must be > 0, got {info.action_scale}")
     return info
+
+
+# What reading an HDF5 file that is damaged may raise (h5py reports many problems as RuntimeError,
+# a declared size too large to hold as MemoryError).
+H5_ERRORS = (OSError, KeyError, ValueError, TypeError, AttributeError, RuntimeError, IndexError, MemoryError)
+
+
+def _episode_fields(f: Any, ep: int, info: DatasetInfo, h5_file: Path, pixels: bool) -> tuple[Any, Any, int]:
+    """Episode ``ep``'s ``observations`` group, its ``actions`` dataset and its step count T, checked:
+    every field read (``pixels`` too when asked) is an HDF5 dataset of the documented kind and
+    length (T + 1 observations, T actions), and T is no more than the metadata's total_steps."""
+    import h5py
+
+    name = f"episode_{int(ep)}"
+    if name not in f or not isinstance(f[name], h5py.Group):
+        raise DatasetError(f"{h5_file}: no group {name} (the metadata declares {info.total_episodes} episodes)")
+    group = f[name]
+    obs = group.get("observations")
+    actions = group.get("actions")
+    if not isinstance(obs, h5py.Group) or not isinstance(actions, h5py.Dataset):
+        raise DatasetError(f"{h5_file}: {name} lacks the observations group or the actions dataset")
+    steps = actions.shape[0] if actions.ndim >= 1 else -1
+    if actions.shape != (steps, 2) or actions.dtype.kind != "f" or not 0 < steps <= info.total_steps:
+        raise DatasetError(
+            f"{h5_file}: {name}/actions is {actions.dtype} {actions.shape}; expected floats (T, 2) with "
+            f"0 < T <= total_steps {info.total_steps}"
+        )
+    size = info.image_size
+    expected = {
+        "agent_pos": ((steps + 1, 2), "f"),
+        "agent_vel": ((steps + 1, 2), "f"),
+        "block_pose": ((steps + 1, 3), "f"),
+    }
+    if pixels:
+        frames = obs.get("pixels")
+        if isinstance(frames, h5py.Dataset) and frames.dtype.kind == "O":
+            raise DatasetError(
+                f"{h5_file}: {name}'s frames are JPEG-encoded (collect --jpeg); the clip loader reads raw "
+                "frames: collect without --jpeg"
+            )
+        expected["pixels"] = ((steps + 1, size, size, 3), "u")
+    for field, (shape, kind) in expected.items():
+        data = obs.get(field)
+        if not isinstance(data, h5py.Dataset) or data.shape != shape or data.dtype.kind != kind:
+            got = f"{data.dtype} {data.shape}" if isinstance(data, h5py.Dataset) else "missing"
+            want = "uint8" if kind == "u" else "floats"
+            raise DatasetError(f"{h5_file}: {name}/observations/{field} is {got}; expected {want} {shape}")
+    return obs, actions, steps
+
+
+def _finite(array: np.ndarray, what: str, h5_file: Path) -> np.ndarray:
+    if not np.all(np.isfinite(array)):
+        raise DatasetError(f"{h5_file}: {what} holds NaN or infinite values")
+    return array
 
 
 @dataclass(frozen=True)
@@ -144,16 +257,19 @@ def read_episode(path: str | Path, index: int) -> EpisodeSteps:
     h5_file = data_path(info.path) / "main_data.hdf5"
     try:
         with h5py.File(h5_file, "r") as f:
-            group = f[f"episode_{int(index)}"]
-            n_actions = len(group["actions"]) // fs
+            obs, actions_data, steps = _episode_fields(f, int(index), info, h5_file, pixels=False)
+            n_actions = steps // fs
             frames = slice(0, n_actions * fs + 1, fs)
-            obs = group["observations"]
             state = np.concatenate([obs["agent_pos"][frames], obs["block_pose"][frames]], axis=1)
-            actions = np.asarray(group["actions"][0 : n_actions * fs : fs], dtype=np.float32)
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise DatasetError(f"{h5_file}: truncated or corrupt dataset ({err})") from None
+            actions = np.asarray(actions_data[0 : n_actions * fs : fs], dtype=np.float32)
+    except DatasetError:
+        raise
+    except H5_ERRORS as err:
+        raise DatasetError(f"{h5_file}: truncated or corrupt dataset ({type(err).__name__}: {err})") from None
     if n_actions < 1:
         raise DatasetError(f"{h5_file}: episode {index} is shorter than one model step ({fs} physics steps)")
+    _finite(state, f"episode {index}'s agent_pos / block_pose", h5_file)
+    _finite(actions, f"episode {index}'s actions", h5_file)
     return EpisodeSteps(state=state.astype(np.float64), actions=actions, frameskip=fs)
 
 
@@ -258,24 +374,22 @@ class PushTClips:
         try:
             with h5py.File(h5_file, "r") as f:
                 for ep in tqdm(self.episode_ids, desc="reading episodes", disable=not progress, unit="ep"):
-                    group = f[f"episode_{ep}"]
-                    obs = group["observations"]
-                    n_actions = len(group["actions"]) // fs  # whole held actions only
+                    obs, actions_data, steps = _episode_fields(f, int(ep), self.info, h5_file, pixels=True)
+                    n_actions = steps // fs  # whole held actions only
                     frames = slice(0, n_actions * fs + 1, fs)
                     # Minari's auto-chunked layout reads far faster whole than strided.
                     px = obs["pixels"][: n_actions * fs + 1][::fs]
-                    if px.ndim != 4 or px.shape[1:] != (self.info.image_size, self.info.image_size, 3):
-                        raise DatasetError(
-                            f"{h5_file}: episode {ep} pixels have shape {px.shape}, expected "
-                            f"(T, {self.info.image_size}, {self.info.image_size}, 3)"
-                        )
                     act = np.full((n_actions + 1, 2), np.nan, dtype=np.float32)
-                    act[:n_actions] = group["actions"][0 : n_actions * fs : fs]
+                    act[:n_actions] = actions_data[0 : n_actions * fs : fs]
                     pose = obs["block_pose"][frames]
+                    state = np.concatenate([obs["agent_pos"][frames], pose], axis=1).astype(np.float32)
+                    vel = obs["agent_vel"][frames].astype(np.float32)
+                    for what, array in (("actions", act[:n_actions]), ("state", state), ("agent_vel", vel)):
+                        _finite(array, f"episode {ep}'s {what}", h5_file)
                     pixels.append(px)
                     actions.append(act)
-                    states.append(np.concatenate([obs["agent_pos"][frames], pose], axis=1).astype(np.float32))
-                    vels.append(obs["agent_vel"][frames].astype(np.float32))
+                    states.append(state)
+                    vels.append(vel)
                     episode.append(np.full(n_actions + 1, ep, dtype=np.int64))
                     step.append(np.arange(n_actions + 1, dtype=np.int64))
                     # A clip needs L frames and the action at each of them.
@@ -285,8 +399,8 @@ class PushTClips:
                     offset += n_actions + 1
         except DatasetError:
             raise
-        except (OSError, KeyError, ValueError, TypeError) as err:
-            raise DatasetError(f"{h5_file}: truncated or corrupt dataset ({err})") from None
+        except H5_ERRORS as err:
+            raise DatasetError(f"{h5_file}: truncated or corrupt dataset ({type(err).__name__}: {err})") from None
         self.pixels = np.concatenate(pixels)
         self.actions = np.concatenate(actions)
         self.state = np.concatenate(states)

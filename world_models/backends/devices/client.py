@@ -46,20 +46,25 @@ HOST_VERSIONS = (wire.PROTOCOL_VERSION, wire.PROTOCOL_VERSION)  # the protocol v
 _SESSIONS = itertools.count(1)
 
 
-class DeviceError(LeWorldError):
+class DeviceError(LeWorldError, ConnectionError):
     """The device answered with an error, speaks another protocol, is another kind, or is gone.
 
-    ``code`` is the device's :class:`~world_models.backends.devices.protocol.ErrorCode`, or ``None``
-    for problems found on the host (a port that does not open, a link that stays down).
+    Also a ``ConnectionError`` (an ``OSError``), as pyserial's errors are, so code written for a serial
+    link catches it. ``code`` is the device's :class:`~world_models.backends.devices.protocol.ErrorCode`,
+    or ``None`` for problems found on the host (a port that does not open, a link that stays down, a
+    timeout).
     """
+
+    code: int | None = None
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
 
 
-class DeviceTimeoutError(TimeoutError, LeWorldError):
-    """The device did not answer a command within its deadline, on any attempt."""
+class DeviceTimeoutError(DeviceError, TimeoutError):
+    """The device did not answer a command within its deadline, on any attempt (a ``TimeoutError``
+    and a :class:`DeviceError`)."""
 
 
 class _LinkDown(Exception):
