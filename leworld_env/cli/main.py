@@ -15,7 +15,7 @@ from pathlib import Path
 from leworld_env.cli.bench import TARGETS as BENCH_TARGETS
 from leworld_env.cli.device import add_device_parser
 from leworld_env.cli.play import add_demo, add_planner_args, add_play, planner_kwargs
-from world_models.argtypes import dataclass_from_args, positive_int
+from world_models.argtypes import dataclass_from_args, output_path, positive_int
 from world_models.config import DEFAULT_IMAGE_SIZE
 from world_models.errors import LeWorldError
 
@@ -32,7 +32,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------ collect
 def add_collect(sub: argparse._SubParsersAction) -> None:
+    from leworld_env.sim.collect import MAX_EPISODES
     from leworld_env.sim.policies import POLICIES
+    from world_models.config import IMAGE_SIZES
 
     p = sub.add_parser(
         "collect",
@@ -44,12 +46,16 @@ def add_collect(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--policy", default="weak-expert", help=f"one of: {', '.join(sorted(POLICIES))}")
-    p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default 100)")
+    p.add_argument(
+        "--episodes", type=positive_int, default=100, help=f"number of episodes, at most {MAX_EPISODES:,} (100)"
+    )
     p.add_argument(
         "--image-size",
         type=positive_int,
+        choices=IMAGE_SIZES,
         default=DEFAULT_IMAGE_SIZE,
-        help=f"frame side in pixels ({DEFAULT_IMAGE_SIZE}, the default preset's; 96 and 224 for others)",
+        help=f"frame side in pixels, one of {', '.join(map(str, IMAGE_SIZES))} ({DEFAULT_IMAGE_SIZE}, the default "
+        "preset's; 224 for the slim presets)",
     )
     p.add_argument("--frameskip", type=positive_int, default=5, help="physics steps each action is held (5)")
     p.add_argument("--action-scale", type=float, default=100.0, help="pixels per unit of action (100)")
@@ -63,8 +69,12 @@ def add_collect(sub: argparse._SubParsersAction) -> None:
         help="draw each episode's damping, contact friction and block mass (recorded in infos/physics; "
         "see docs/pusht.md)",
     )
-    p.add_argument("--out", required=True, type=Path, help="dataset folder to create")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--out", required=True, type=output_path, help="dataset folder to create")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it is a dataset leworld collect wrote (nothing else is ever replaced)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_collect)
 
@@ -118,14 +128,16 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="pusht-tiny", help="model for kernels and env (shipped name or folder)")
     p.add_argument("--size", type=positive_int, default=4096, help="square matrix side for kernels (4096)")
     p.add_argument("--quick", action="store_true", help="shorter timing windows (smoke runs)")
-    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    p.add_argument("--json", type=output_path, help="also write the results as JSON here")
     p.set_defaults(run=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from leworld_env.cli.bench import measure
-    from leworld_env.cli.bench.common import print_table, write_json
+    from leworld_env.cli.bench.common import check_json_path, print_table, write_json
 
+    if args.json:
+        check_json_path(args.json)
     rows = measure(args.target, args)
     print_table(rows)
     if args.json:
@@ -151,10 +163,10 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="pusht-tiny", help="model folder or shipped name (pusht-tiny)")
     p.add_argument("--mode", default="full", choices=list(MODES), help="quantization mode (full)")
-    p.add_argument("--out", required=True, type=Path, help="output .lq40 file")
+    p.add_argument("--out", required=True, type=output_path, help="output .lq40 file (a previous one is replaced)")
     p.add_argument("--data", type=Path, help="dataset for calibration and the held-out comparison")
     p.add_argument("--clips", type=positive_int, default=256, help="held-out clips to compare on (256)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an .lq40 file")
     p.set_defaults(run=run_quantize)
 
 
@@ -162,13 +174,15 @@ def run_quantize(args: argparse.Namespace) -> int:
     import tempfile
 
     import world_models
+    from world_models.backends.lq40 import is_lq40
     from world_models.backends.quantize import agreement, held_out_clips, quantize_folder, report_lines
     from world_models.locate import resolve_model
+    from world_models.outputs import check_output_file
 
-    if args.out.exists() and not args.overwrite:
-        raise LeWorldError(f"{args.out} exists; pass --overwrite to replace it")
-    if args.out.suffix != ".lq40":
-        raise LeWorldError(f"--out {args.out}: the file name must end in .lq40")
+    out = args.out
+    check_output_file(out, "--out", overwrite=args.overwrite, is_previous=is_lq40)
+    if out.suffix != ".lq40":
+        raise LeWorldError(f"--out {out}: the file name must end in .lq40")
     folder = resolve_model(args.model)
     reference = world_models.load(folder, backend="torch")
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,7 +202,7 @@ def run_quantize(args: argparse.Namespace) -> int:
             )
             data = collect(config, Path(tmp) / "held-out", progress=False)
         clips = held_out_clips(data, reference.config, clips=args.clips)
-    result = quantize_folder(folder, args.mode, args.out, calibration=clips)
+    result = quantize_folder(folder, args.mode, out, calibration=clips)
     scores = agreement(reference, world_models.load(result.path, backend="numba-q4"), *clips)
     print("\n".join(report_lines(result, scores)))
     return 0
@@ -238,7 +252,8 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
         description=(
             "Fit a small MLP from the model's frozen latents to the physical state (agent xy, block xy, "
             "sin/cos of the angle) on a dataset's training episodes, report R^2 per field on its held-out "
-            "episodes, and store the probe in the model folder (leworld train does this at the end)."
+            "episodes, and store the probe in the model folder (leworld train does this at the end), and in its "
+            "model.lq40 if it has one."
         ),
     )
     p.add_argument("--model", required=True, type=Path, help="model folder")
@@ -252,13 +267,25 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    import os
+
+    from world_models.backends.lq40 import read_lq40, save_folder_probe
     from world_models.data.dataset import load_dataset_info
-    from world_models.lewm.folder import load_model, save_model
+    from world_models.lewm.folder import PROBE_FILE, PROBE_META, load_model
     from world_models.lewm.probe import fit_dataset_probe
+    from world_models.locate import LQ40_FILE
 
     if not 0.0 < args.val_fraction < 1.0:
         raise LeWorldError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     model, _, _ = load_model(args.model)
+    if not args.dry_run:  # fail now, not after fitting
+        if not os.access(args.model, os.W_OK | os.X_OK):
+            raise LeWorldError(f"--model {args.model}: folder is not writable (pass --dry-run to only report R^2)")
+        for name in (PROBE_FILE, PROBE_META, LQ40_FILE):
+            if (args.model / name).is_dir():
+                raise LeWorldError(f"--model {args.model}: {name} is a folder, not a file")
+        if (args.model / LQ40_FILE).is_file():
+            read_lq40(args.model / LQ40_FILE)  # the probe is written into it too: it must be readable
     data = load_dataset_info(args.data)
     if data.image_size != model.cfg.image_size:
         raise LeWorldError(
@@ -269,27 +296,43 @@ def run_probe(args: argparse.Namespace) -> int:
     )
     print("probe R^2 on held-out episodes: " + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()))
     if not args.dry_run:
-        save_model(args.model, model, probe, info)
+        save_folder_probe(args.model, probe, info)
         print(f"probe written to {args.model}")
     return 0
 
 
 # ------------------------------------------------------------------ eval
-def check_output_paths(json_file: Path | None, logdir: Path | None) -> None:
-    """Fail before a long run, not after it: the JSON file's folder and the TensorBoard folder must be writable."""
+EVAL_RESULT_KEYS = ("agent", "env", "protocol", "success_rate", "episodes")  # what marks a leworld eval --json file
+
+
+def is_eval_result(path: Path) -> bool:
+    """True when ``path`` is a JSON file ``leworld eval --json`` wrote (it may be replaced without --overwrite)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(data, dict) and all(key in data for key in EVAL_RESULT_KEYS)
+
+
+def check_output_paths(json_file: Path | None, logdir: Path | None, overwrite: bool = False) -> None:
+    """Fail before a long run, not after it: ``--json`` must be a new file or a previous result (or
+    ``overwrite``), never a folder; the TensorBoard folder must be a writable folder."""
     import os
 
-    for path, what in ((json_file.parent if json_file else None, "--json"), (logdir, "--tensorboard")):
-        if path is None:
-            continue
-        if path.exists() and not path.is_dir():
-            raise LeWorldError(f"{what} {path}: exists and is not a folder")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise LeWorldError(f"{what} {path}: cannot create the folder ({err.strerror or err})") from None
-        if not os.access(path, os.W_OK):
-            raise LeWorldError(f"{what} {path}: folder is not writable")
+    from world_models.outputs import check_creatable, check_output_file
+
+    if json_file is not None:
+        check_output_file(json_file, "--json", overwrite=overwrite, is_previous=is_eval_result)
+    if logdir is None:
+        return
+    if not logdir.exists():
+        check_creatable(logdir, "--tensorboard")  # created only when there is something to log
+    elif not logdir.is_dir():
+        raise LeWorldError(f"--tensorboard {logdir}: exists and is not a folder")
+    elif not os.access(logdir, os.W_OK | os.X_OK):
+        raise LeWorldError(f"--tensorboard {logdir}: folder is not writable")
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
@@ -306,7 +349,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
             "agents.replay replays in plain gym-pusht."
         ),
     )
-    p.add_argument("--agent", required=True, help="cem, icem, mppi, random, or an SB3 PATH.zip (PPO or SAC)")
+    from leworld_env.cli.play import AGENT_FILES, add_trust_pickle
+
+    p.add_argument("--agent", required=True, help=f"cem, icem, mppi, random, {AGENT_FILES} (PPO or SAC)")
+    add_trust_pickle(p)
     p.add_argument("--env", choices=["real", "dream"], default="real", help="real physics or the dream (real)")
     p.add_argument("--protocol", choices=["lewm", "pusht"], default="lewm", help="evaluation protocol (lewm)")
     p.add_argument("--episodes", type=positive_int, default=50, help="episodes (50)")
@@ -316,12 +362,17 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     add_planner_args(p)
     p.add_argument(
         "--json",
-        type=Path,
+        type=output_path,
         help="write the results here: the summary and every episode (start with velocity, goal, actions, "
         "absolute targets per physics step)",
     )
-    p.add_argument("--video", type=Path, help="write the first episode here (.gif or .mp4)")
-    p.add_argument("--tensorboard", type=Path, help="log the summary, every episode and the first one's video here")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --json even when it is not an earlier leworld eval result"
+    )
+    p.add_argument("--video", type=output_path, help="write the first episode here (.gif or .mp4)")
+    p.add_argument(
+        "--tensorboard", type=output_path, help="log the summary, every episode and the first one's video here"
+    )
     p.set_defaults(run=run_eval)
 
 
@@ -333,11 +384,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
     planner = planner_kwargs(args)
     if args.video is not None:
-        check_video_path(args.video)
-    check_output_paths(args.json, args.tensorboard)
+        check_video_path(args.video, overwrite=args.overwrite)
+    check_output_paths(args.json, args.tensorboard, overwrite=args.overwrite)
     try:
         wm = world_models.load(args.model, backend=args.backend)
-        agent = load_agent(args.agent, wm, seed=args.seed, **planner)
+        agent = load_agent(args.agent, wm, seed=args.seed, trust_pickle=args.trust_pickle, **planner)
         frames: list | None = [] if args.video or args.tensorboard else None
         result = evaluate(
             agent,
@@ -375,13 +426,15 @@ def add_train_agent(sub: argparse._SubParsersAction) -> None:
         description=(
             "PPO, SAC or HER-SAC on the batched dream (LeWorldSB3VecEnv) with hyperparameters from "
             "agents/hyperparams/ALGO.yml; an EvalCallback on the real twin logs eval/success_rate to "
-            "TensorBoard (OUT/tb); checkpoints in OUT/checkpoints; the final model is OUT/model.zip."
+            "TensorBoard (OUT/tb); checkpoints in OUT/checkpoints (also on Ctrl-C or SIGTERM), the best agent in "
+            "OUT/best, the final one in OUT/model: agent folders (agent.json + safetensors, no pickle) that "
+            "leworld eval --agent reads."
         ),
     )
     p.add_argument("--algo", choices=["ppo", "sac", "her-sac"], default="ppo", help="algorithm (ppo)")
     p.add_argument("--timesteps", type=positive_int, help="environment steps (default: the YAML's n_timesteps)")
     p.add_argument("--envs", type=positive_int, help="dream envs in the batch (default: the YAML's n_envs)")
-    p.add_argument("--out", type=Path, default=Path("runs/agent"), help="output folder (runs/agent)")
+    p.add_argument("--out", type=output_path, default=Path("runs/agent"), help="output folder (runs/agent)")
     p.add_argument("--seed", type=int, default=0, help="seed (0)")
     p.add_argument("--model", default="pusht-tiny", help="world model: shipped name or folder (pusht-tiny)")
     p.add_argument("--backend", help="numba-q4 (default), numba or torch")
@@ -390,6 +443,7 @@ def add_train_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=50_000, help="steps between checkpoints")
     p.add_argument("--hyperparams", type=Path, help="a YAML file instead of agents/hyperparams/ALGO.yml")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it is an earlier train-agent run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train_agent)
 
@@ -399,7 +453,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
 
     config = dataclass_from_args(TrainAgentConfig, args, n_envs=args.envs, progress=not args.no_progress)
     final = train_agent(config)
-    print(f"model written to {final}; tensorboard --logdir {args.out / 'tb'}")
+    print(f"agent written to {final} (leworld eval --agent {final}); tensorboard --logdir {args.out / 'tb'}")
     return 0
 
 
@@ -435,7 +489,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"leworld {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"leworld {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
+        print(
+            f"leworld {args.command}: interrupted; no file was left half-written (a training run's "
+            "checkpoint is kept: continue it with --resume)",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 
