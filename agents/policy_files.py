@@ -41,6 +41,7 @@ from world_models.files import (
     atomic_write_bytes,
     check_finite_tensors,
     check_sha256,
+    read_json_object,
     read_safetensors,
     sha256_bytes,
 )
@@ -430,12 +431,7 @@ def _field(data: dict[str, Any], key: str, expected: str, test: Any, source: Pat
 def read_agent_config(folder: Path) -> dict[str, Any]:
     """``folder/agent.json``, checked: every field named in an error with its value and what was expected."""
     source = Path(folder) / AGENT_JSON
-    try:
-        data = json.loads(source.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise LeWorldError(f"{source}: unreadable agent file ({err})") from None
-    if not isinstance(data, dict):
-        raise LeWorldError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    data = read_json_object(source, what="agent file")
     _field(data, "format", repr(FORMAT), lambda v: v == FORMAT, source)
     _field(
         data,

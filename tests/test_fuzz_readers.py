@@ -359,7 +359,9 @@ def agent_dir(tmp_path_factory) -> Path:
     from leworld_env.sb3 import LeWorldSB3VecEnv
 
     env = LeWorldSB3VecEnv(num_envs=2, goal="dataset", reward="coverage", max_episode_steps=10)
-    agent = PPO("MultiInputPolicy", env, n_steps=8, batch_size=16, seed=0, device="cpu", policy_kwargs={"net_arch": [8]})
+    agent = PPO(
+        "MultiInputPolicy", env, n_steps=8, batch_size=16, seed=0, device="cpu", policy_kwargs={"net_arch": [8]}
+    )
     folder = save_agent(agent, tmp_path_factory.mktemp("agent") / "agent", {"model": "pusht-tiny"})
     env.close()
     return folder

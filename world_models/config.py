@@ -272,17 +272,10 @@ def read_config(folder: Path) -> tuple[ModelConfig, str | None]:
     Raises:
         LeWorldError: naming the file, and the field where one is wrong.
     """
-    from world_models.files import SHA256_KEY, checked_sha256
+    from world_models.files import SHA256_KEY, checked_sha256, read_json_object
 
     path = Path(folder) / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LeWorldError(f"{path}: missing; a model folder holds config.json and model.safetensors") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise LeWorldError(f"{path}: unreadable ({err})") from None
-    if not isinstance(data, dict):
-        raise LeWorldError(f"{path}: expected a JSON object")
+    data = read_json_object(path, missing="a model folder holds config.json and model.safetensors")
     checksum = checked_sha256(data.pop(SHA256_KEY, None), str(path))
     cfg = ModelConfig.from_dict(data, source=str(path))
     if checksum is None and data["format_version"] >= 2:

@@ -13,6 +13,7 @@ file). A folder written before checksums existed has none, and loads unchecked.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from world_models.errors import LeWorldError
+from world_models.errors import LeWorldError, brief
 
 MODEL_FILE = "model.safetensors"
 PROBE_FILE = "probe.safetensors"
@@ -86,6 +87,34 @@ def read_safetensors(path: Path, framework: str = "np") -> dict[str, Any]:
             return {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise LeWorldError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def read_json_object(
+    path: Path, what: str = "JSON", missing: str | None = None, error: type[LeWorldError] = LeWorldError
+) -> dict[str, Any]:
+    """A JSON file that must hold an object: the one reader of LeWorld's JSON files (configs, probe and
+    agent descriptions, dataset metadata).
+
+    Raises:
+        ``error`` (a LeWorldError): naming the file, when it is missing (``missing`` says what to do),
+            unreadable or not ``what`` JSON, or not an object.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: missing" + (f"; {missing}" if missing else "")) from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise error(f"{path}: unreadable {what} ({brief(err)})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__} {short_repr(data)}")
+    return data
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters, for an error message to quote a value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ from world_models.files import (
     check_finite_tensors,
     check_sha256,
     checked_sha256,
+    read_json_object,
     read_safetensors,
+    short_repr,
 )
 
 MAX_PROBE_HIDDEN = 1 << 16  # the widest probe hidden layer a probe.json may declare
@@ -78,24 +79,12 @@ def read_probe_info(folder: Path) -> dict[str, Any]:
         LeWorldError: naming the file, the field, the value and what was expected.
     """
     path = Path(folder) / PROBE_META
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LeWorldError(f"{path}: missing; {PROBE_FILE} needs it beside it (the probe's hidden width)") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise LeWorldError(f"{path}: unreadable ({err})") from None
-    if not isinstance(info, dict):
-        raise LeWorldError(f"{path}: expected a JSON object, got {type(info).__name__} {_short(info)}")
+    info = read_json_object(path, missing=f"{PROBE_FILE} needs it beside it (the probe's hidden width)")
     hidden = info.setdefault("hidden", 256)
     if isinstance(hidden, bool) or not isinstance(hidden, int) or not 1 <= hidden <= MAX_PROBE_HIDDEN:
         raise LeWorldError(
             f"{path}: field hidden must be a whole number from 1 to {MAX_PROBE_HIDDEN} (the probe's hidden "
-            f"width), got {_short(hidden)}"
+            f"width), got {short_repr(hidden)}"
         )
     checked_sha256(info.get(SHA256_KEY), str(path))
     return info
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

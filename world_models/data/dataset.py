@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from world_models.errors import ArgumentError, DatasetError
+from world_models.files import read_json_object, short_repr
 
 DATA_SUBDIR = "data"
 METADATA_KEY = "leworld"
@@ -116,13 +117,8 @@ def _field(section: dict[str, Any], name: str, kind: str, where: Path, label: st
     }[kind]
     if not ok:
         expected = {"int": "a whole number", "float": "a finite number", "str": "a string"}[kind]
-        raise DatasetError(f"{where}: field {label}{name} must be {expected}, got {_short(value)}")
+        raise DatasetError(f"{where}: field {label}{name} must be {expected}, got {short_repr(value)}")
     return value
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_dataset_info(path: str | Path) -> DatasetInfo:
@@ -138,12 +134,7 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
         raise DatasetError(f"{root}: no such dataset folder")
     if not meta_file.is_file():
         raise DatasetError(f"{root}: not a Minari dataset (missing {meta_file.relative_to(root.parent)})")
-    try:
-        metadata = json.loads(meta_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise DatasetError(f"{meta_file}: unreadable metadata ({err})") from None
-    if not isinstance(metadata, dict):
-        raise DatasetError(f"{meta_file}: expected a JSON object, got {type(metadata).__name__}")
+    metadata = read_json_object(meta_file, what="metadata", error=DatasetError)
     lw = metadata.get(METADATA_KEY)
     if not isinstance(lw, dict):
         raise DatasetError(f"{meta_file}: no '{METADATA_KEY}' section; this dataset was not written by leworld collect")
