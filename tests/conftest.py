@@ -24,6 +24,27 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def signal_when(
+    proc: subprocess.Popen, ready, signum: int, what: str, timeout: float = 180.0
+) -> tuple[str | None, str | None]:
+    """Send ``signum`` to ``proc`` once ``ready()`` holds (``what`` names it when it never does), and
+    return its (stdout, stderr); the process is killed whatever happens."""
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, (f"exited before {what}", proc.communicate())
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="session")
 def weak_expert_dataset(tmp_path_factory) -> Path:
     """The issue's command: 4 weak-expert episodes at 64 px, seed 0."""

@@ -23,7 +23,7 @@ import pytest
 
 from leworld_env.sim import collect as collect_module
 from leworld_env.sim.collect import OWNER_FILE, CollectConfig, collect, iterate_episodes
-from tests.conftest import run_cli
+from tests.conftest import run_cli, signal_when
 from world_models.config import IMAGE_SIZES
 from world_models.data.dataset import is_leworld_dataset, load_dataset_info
 from world_models.errors import ArgumentError, LeWorldError
@@ -302,14 +302,11 @@ def test_sigterm_removes_the_partial_dataset_like_ctrl_c(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        _wait_for(lambda: bool(list(tmp_path.glob(".ds.partial-*/data/main_data.hdf5"))), 180, "a partial dataset")
-        parent.send_signal(signal.SIGTERM)
-        _, stderr = parent.communicate(timeout=60)
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+
+    def partial() -> bool:
+        return bool(list(tmp_path.glob(".ds.partial-*/data/main_data.hdf5")))
+
+    _, stderr = signal_when(parent, partial, signal.SIGTERM, "a partial dataset")
     assert parent.returncode == 130, stderr
     assert "interrupted" in stderr
     assert list(tmp_path.iterdir()) == []

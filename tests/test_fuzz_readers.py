@@ -122,6 +122,13 @@ def expect_clean(read: Callable[[], Any], path: Path, must_fail: bool) -> None:
     assert not must_fail, f"{path}: a file that cannot be right was read without an error"
 
 
+def fuzz_bytes(data: st.DataObject, original: bytes, path: Path, read: Callable[[Path], Any]) -> None:
+    """Write an edit of ``original`` to ``path`` and hold ``read(path)`` to :func:`expect_clean`."""
+    blob, must_fail = data.draw(edited_bytes(original))
+    path.write_bytes(blob)
+    expect_clean(lambda: read(path), path, must_fail)
+
+
 def fresh_copy(source: Path, folder: Path) -> Path:
     """``source`` (a folder) copied to ``folder``, replacing what a previous example left."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -192,10 +199,7 @@ def test_lq40(model_dir, tmp_path_factory, data):  # noqa: F811
     if not original.exists():
         original.parent.mkdir(exist_ok=True)
         quantize_folder(model_dir, "full", original)
-    path = tmp_path_factory.getbasetemp() / "fuzz-lq40" / "fuzzed.lq40"
-    blob, must_fail = data.draw(edited_bytes(original.read_bytes()))
-    path.write_bytes(blob)
-    expect_clean(lambda: read_model(path), path, must_fail)
+    fuzz_bytes(data, original.read_bytes(), original.parent / "fuzzed.lq40", read_model)
 
 
 # ------------------------------------------------------------------ start banks and latents
@@ -206,10 +210,7 @@ def test_start_bank(tmp_path, data):
     from world_models.locate import SHIPPED_DIR
 
     original = (SHIPPED_DIR / "pusht-tiny" / "starts.safetensors").read_bytes()
-    path = tmp_path / "fuzzed-starts.safetensors"
-    blob, must_fail = data.draw(edited_bytes(original))
-    path.write_bytes(blob)
-    expect_clean(lambda: load_start_bank(path), path, must_fail)
+    fuzz_bytes(data, original, tmp_path / "fuzzed-starts.safetensors", load_start_bank)
 
 
 @pytest.fixture(scope="module")
@@ -236,10 +237,7 @@ def latents_file(tmp_path_factory) -> Path:
 def test_latents(latents_file, tmp_path, data):
     from world_models.data.latents import load_latents
 
-    path = tmp_path / "fuzzed-latents.safetensors"
-    blob, must_fail = data.draw(edited_bytes(latents_file.read_bytes()))
-    path.write_bytes(blob)
-    expect_clean(lambda: load_latents(path), path, must_fail)
+    fuzz_bytes(data, latents_file.read_bytes(), tmp_path / "fuzzed-latents.safetensors", load_latents)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -264,10 +262,7 @@ def checkpoint_file(tmp_path_factory) -> Path:
 def test_checkpoint(checkpoint_file, tmp_path, data):
     from world_models.training import load_checkpoint
 
-    path = tmp_path / "checkpoint.pt"
-    blob, must_fail = data.draw(edited_bytes(checkpoint_file.read_bytes()))
-    path.write_bytes(blob)
-    expect_clean(lambda: load_checkpoint(path), path, must_fail)
+    fuzz_bytes(data, checkpoint_file.read_bytes(), tmp_path / "checkpoint.pt", load_checkpoint)
 
 
 # ------------------------------------------------------------------ datasets

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import signal_when
 from tests.test_leworld_memory import synthetic_latents
 from world_models.errors import LeWorldError
 from world_models.lewm import train as train_module
@@ -320,18 +321,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes(short_dataset, tmp_path, monkey
     command += ["--steps", "100000", "--batch-size", "4", "--checkpoint-every", "2", "--val-every", "100000", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoint.pt").exists():  # the first checkpoint: training is under way
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # the first checkpoint: training is under way
+    stdout, stderr = signal_when(proc, (out / "checkpoint.pt").exists, signal.SIGTERM, "a checkpoint", 120)
     assert proc.returncode == 130, stderr
     assert "checkpoint saved, continue with --resume" in stdout
     step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
