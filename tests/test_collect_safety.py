@@ -318,10 +318,10 @@ def test_a_worker_whose_parent_is_gone_exits(platform):
     a worker that finds its parent already gone exits; one whose parent lives stays."""
     code = (
         "import os, sys, time\n"
-        "from leworld_env.sim import collect\n"
-        f"collect.sys.platform = {platform!r}\n"
-        "collect._die_with_parent(int(sys.argv[1]))\n"
-        "time.sleep(3 * collect.PARENT_POLL_S)\n"
+        "from world_models import signals\n"
+        f"signals.sys.platform = {platform!r}\n"
+        "signals.die_with_parent(int(sys.argv[1]))\n"
+        "time.sleep(3 * signals.PARENT_POLL_S)\n"
         "print('still here')\n"
     )
     lives = subprocess.run([sys.executable, "-c", code, str(os.getpid())], capture_output=True, text=True, timeout=120)

@@ -1,6 +1,9 @@
 """The esp32 / fpga backends end to end: emulators on a pty and over socket://, env episodes against the
 in-process references, planners, fault injection (bounded time, never twice, clear errors, recovery), and
-the ``leworld device emulate`` command."""
+the ``leworld device emulate`` command.
+
+The fault-injection tests take ``impl``: they run against the Python emulator (its own faulty transport)
+and against the C firmware (tests/test_firmware_device.py's ``serve``: a FaultRelay on its pty)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import pytest
 
 import leworld_env  # noqa: F401  (registers the env ids)
 import world_models
+from tests.device_helpers import device_inputs, env_trace
+from tests.test_firmware_device import firmware_build, serve  # noqa: F401  (firmware_build: a fixture)
 from world_models.backends.devices import client as device_client
 from world_models.backends.devices.client import DeviceError, DeviceLink, DeviceTimeoutError
 from world_models.backends.devices.emulator import LatencyModel, make_emulator
@@ -53,10 +58,18 @@ def reference() -> WorldModel:
 def warm_engines(reference):
     """Compile / load every numba kernel the emulators run (the same functions, in this process) before
     any test times a call: the tests with short timeouts then measure the link, not the JIT."""
-    z, a, future = _inputs(2)
+    z, a, future = device_inputs(2)
     reference.predict(z, a)
     reference.rollout(z, a, future)
     reference.encode(np.zeros((1, 64, 64, 3), np.uint8))
+
+
+@pytest.fixture(params=["python", "c"])
+def impl(request) -> str:
+    """The device a fault test runs against: the Python emulator, or the C firmware (built once a session)."""
+    if request.param == "c":
+        request.getfixturevalue("firmware_build")
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -67,29 +80,10 @@ def esp32_pty():
     emulator.stop()
 
 
-def _inputs(batch: int, seed: int = 0, horizon: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((batch, 3, 64)).astype(np.float32)
-    a = rng.uniform(-1, 1, (batch, 3, 2)).astype(np.float32)
-    return z, a, rng.uniform(-1, 1, (batch, horizon, 2)).astype(np.float32)
-
-
-def _episode(env: gym.Env, seed: int, steps: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    obs, info = env.reset(seed=seed)
-    trace = [{**obs, "state": info["state"]}]
-    for _ in range(steps):
-        obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, 2).astype(np.float32))
-        trace.append({**obs, "state": info["state"], "reward": np.float64(reward)})
-        if terminated or truncated:
-            break
-    return trace
-
-
 def _closed_episode(env: gym.Env, seed: int, steps: int) -> list[dict[str, np.ndarray]]:
     """:func:`_episode`, then close the env."""
     try:
-        return _episode(env, seed, steps)
+        return env_trace(env, seed, steps)
     finally:
         env.close()
 
@@ -101,7 +95,7 @@ def test_env_episode_on_the_esp32_emulator_matches_numba_q4(esp32_pty):
     try:
         assert wm.backend == "esp32" and wm.info.kind_name == "esp32"
         assert esp32_pty.device.model_size == LQ40.stat().st_size  # the host sent the model
-        device_trace = _episode(env, seed=5, steps=30)
+        device_trace = env_trace(env, seed=5, steps=30)
         stats = wm.stats()
     finally:
         wm.close()
@@ -141,7 +135,7 @@ def test_socket_url_and_batches_split_across_frames(reference):
         assert emulator.path.startswith("socket://127.0.0.1:")
         wm = world_models.load(MODEL, backend="esp32", port=emulator.path, timeout=1.0)
         try:
-            z, a, future = _inputs(40)
+            z, a, future = device_inputs(40)
             np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(wm.rollout(z, a, future), reference.rollout(z, a, future), rtol=1e-5, atol=1e-5)
             pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
@@ -157,7 +151,7 @@ def test_latency_model_is_announced_by_ack_so_a_short_timeout_does_not_retry(ref
         emulator.start()
         wm = world_models.load(MODEL, backend="esp32", port=emulator.path, timeout=2.0, retries=0)
         try:
-            z, a, _ = _inputs(1)
+            z, a, _ = device_inputs(1)
             wm.predict(z, a)  # warm: the emulator's first predict, with a generous timeout
             # Now a device that computes for 1 s per row, and a 0.4 s timeout: only the ACK's announced
             # time (1 s) lets the call wait for its answer; the margin is the whole 0.4 s timeout.
@@ -238,8 +232,8 @@ def test_env_episode_on_the_fpga_emulator_is_its_fixed_point_reference_exactly(r
         wm = env.unwrapped.world_model
         try:
             assert not wm.info.capabilities & 0x04  # no ENCODE: the host encodes in-process
-            device_trace = _episode(env, seed=7, steps=30)
-            z, a, future = _inputs(5)
+            device_trace = env_trace(env, seed=7, steps=30)
+            z, a, future = device_inputs(5)
             device_rollout = wm.rollout(z, a, future)
             stats = wm.stats()
         finally:
@@ -267,7 +261,7 @@ def test_env_episode_on_the_fpga_emulator_is_its_fixed_point_reference_exactly(r
 
 
 # ---------------------------------------------------------------------- faults
-def test_a_noisy_link_gives_right_answers_in_bounded_time_and_never_runs_a_command_twice(reference):
+def test_a_noisy_link_gives_right_answers_in_bounded_time_and_never_runs_a_command_twice(reference, impl):
     predicts = 15
     plan = FaultPlan(drop=0.1, corrupt=0.1, duplicate=0.1, delay=0.1, delay_s=0.2, skip=1, seed=17)
     # A frame's fate depends on the seed, its direction and its number only, never on timing. At least
@@ -279,19 +273,18 @@ def test_a_noisy_link_gives_right_answers_in_bounded_time_and_never_runs_a_comma
     assert any("drop" in fate for fate in sure["in"])  # a lost request: the host must retry
     assert any("corrupt" in fate for fate in sure["in"])  # a spoilt request: the device drops it
     assert any("duplicate" in fate and "corrupt" not in fate for fate in sure["in"])  # a request seen twice
-    with make_emulator("esp32", MODEL, faults=plan) as emulator:
-        emulator.start()
-        wm = world_models.load(MODEL, backend="esp32", port=emulator.path, timeout=0.4, retries=12)
+    with serve(impl, faults=plan) as device:
+        wm = world_models.load(MODEL, backend="esp32", port=device.path, timeout=0.4, retries=12)
         try:
             start = time.monotonic()
             for i in range(predicts):
-                z, a, _ = _inputs(2, seed=i)
+                z, a, _ = device_inputs(2, seed=i)
                 np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
             elapsed = time.monotonic() - start
         finally:
             wm.close()
-        counts = emulator.device.stats()
-        injected = emulator.transport.injected
+        counts = device.stats()
+        injected = dict(device.injected)
     assert counts["predict"] == predicts  # exactly once each, whatever was retried
     assert all(injected[kind] >= least[kind] for kind in FAULTS), (injected, least)
     assert counts["duplicates"] >= 1 and counts["frames_bad"] >= 1
@@ -299,13 +292,12 @@ def test_a_noisy_link_gives_right_answers_in_bounded_time_and_never_runs_a_comma
     assert elapsed < predicts * 13 * 1.0  # each call within its (retries + 1) attempts, with room
 
 
-def test_a_device_that_dies_mid_call_gives_a_clear_error_quickly():
+def test_a_device_that_dies_mid_call_gives_a_clear_error_quickly(impl):
     plan = FaultPlan(die_after=3)  # HELLO, one PREDICT, then it dies on the second
-    with make_emulator("esp32", MODEL, faults=plan) as emulator:
-        emulator.start()
+    with serve(impl, faults=plan) as emulator:
         wm = world_models.load(MODEL, backend="esp32", port=emulator.path, **FAST)
         try:
-            z, a, _ = _inputs(1)
+            z, a, _ = device_inputs(1)
             wm.predict(z, a)
             start = time.monotonic()
             with pytest.raises(DeviceError, match="is gone") as caught:
@@ -316,18 +308,17 @@ def test_a_device_that_dies_mid_call_gives_a_clear_error_quickly():
             wm.close()
 
 
-def test_a_silent_device_times_out_in_bounded_time_without_running_anything():
+def test_a_silent_device_times_out_in_bounded_time_without_running_anything(impl):
     plan = FaultPlan(drop=1.0, directions="in", skip=1)  # HELLO gets through, nothing after it
-    with make_emulator("esp32", MODEL, faults=plan) as emulator:
-        emulator.start()
+    with serve(impl, faults=plan) as emulator:
         wm = world_models.load(MODEL, backend="esp32", port=emulator.path, timeout=0.2, retries=2)
         try:
-            z, a, _ = _inputs(1)
+            z, a, _ = device_inputs(1)
             start = time.monotonic()
             with pytest.raises(DeviceTimeoutError, match=r"no answer .* PREDICT .* after 3 attempt"):
                 wm.predict(z, a)
             assert 0.6 <= time.monotonic() - start < 4.0  # 3 attempts of 0.2 s
-            assert emulator.device.stats().get("predict", 0) == 0
+            assert emulator.stats().get("predict", 0) == 0
         finally:
             wm.close()
     assert isinstance(DeviceTimeoutError("x"), TimeoutError) and isinstance(DeviceTimeoutError("x"), LeWorldError)
@@ -340,36 +331,36 @@ def test_an_echoing_port_is_not_a_device():
     assert time.monotonic() - start < 2.0  # 2 attempts of 0.1 s
 
 
-def test_recovery_after_a_dropped_connection_reconnects_and_retries_once(reference):
+def test_recovery_after_a_dropped_connection_reconnects_and_retries_once(reference, impl):
     plan = FaultPlan(disconnect_after=3)  # the second PREDICT's request is lost with the connection
-    with make_emulator("esp32", MODEL, tcp=0, faults=plan) as emulator:
-        emulator.start()
+    with serve(impl, tcp=0, faults=plan) as emulator:
         wm = world_models.load(MODEL, backend="esp32", port=emulator.path, **FAST)
         try:
             for seed in range(3):
-                z, a, _ = _inputs(2, seed)
+                z, a, _ = device_inputs(2, seed)
                 np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
             assert wm.link.counters["reconnects"] == 1
-            assert emulator.device.stats()["predict"] == 3
+        finally:
+            wm.close()
+        assert emulator.stats()["predict"] == 3
+        assert emulator.injected["disconnect"] == 1
+
+
+def test_a_device_that_lost_its_model_gets_it_again(reference, impl):
+    with serve(impl, model=None) as device:
+        wm = world_models.load(MODEL, backend="esp32", port=device.path, **FAST)
+        try:
+            wm.link.reset(unload=True)  # as after a reboot
+            z, a, _ = device_inputs(2)
+            np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
+            assert wm.stats()["load_model"] >= 3
         finally:
             wm.close()
 
 
-def test_a_device_that_lost_its_model_gets_it_again(esp32_pty, reference):
-    wm = world_models.load(MODEL, backend="esp32", port=esp32_pty.path, **FAST)
-    try:
-        wm.link.reset(unload=True)  # as after a reboot
-        z, a, _ = _inputs(2)
-        np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
-        assert wm.stats()["load_model"] >= 3
-    finally:
-        wm.close()
-
-
-def test_load_model_resumes_an_interrupted_transfer():
+def test_load_model_resumes_an_interrupted_transfer(impl):
     blob = LQ40.read_bytes()
-    with make_emulator("esp32") as emulator:
-        emulator.start()
+    with serve(impl, model=None) as emulator:
         with DeviceLink(emulator.path, **FAST) as link:  # a first host sends 3 chunks, then goes away
             crc = zlib.crc32(blob)
             link.call(Command.LOAD_MODEL, LOAD_REQUEST.pack(LoadOp.BEGIN, len(blob), crc))
@@ -398,8 +389,8 @@ def test_user_mistakes_are_clear_one_line_errors(esp32_pty, monkeypatch):
         world_models.load(MODEL, backend="esp32", port=esp32_pty.path, timeout=-1)
     with pytest.raises(DeviceError, match=r"is an esp32 .*backend='esp32', not 'fpga'"):
         world_models.load(MODEL, backend="fpga", port=esp32_pty.path, **FAST)
-    monkeypatch.setattr(device_client, "HOST_VERSIONS", (2, 2))
-    with pytest.raises(DeviceError, match="UNSUPPORTED_VERSION: the host speaks versions 2 to 2"):
+    monkeypatch.setattr(device_client, "HOST_VERSIONS", (3, 3))  # a host newer than the device (which speaks 2)
+    with pytest.raises(DeviceError, match="UNSUPPORTED_VERSION: the host speaks versions 3 to 3"):
         DeviceLink(esp32_pty.path, **FAST)
     with pytest.raises(LeWorldError, match="unknown device kind 'tpu'"):
         make_emulator("tpu")
@@ -468,7 +459,7 @@ def test_stop_cuts_a_modelled_latency_short():
         emulator.device.latency = LatencyModel("slow", fixed_ms=60_000.0)
         emulator.start()
         link = DeviceLink(emulator.path, **FAST)
-        z, a, _ = _inputs(1)
+        z, a, _ = device_inputs(1)
         caller = threading.Thread(target=_swallow, args=(link.call, Command.PREDICT, pack_tensors(z, a)))
         try:
             caller.start()
@@ -507,7 +498,7 @@ def test_device_emulate_command_serves_a_pty_until_sigterm(reference, capsys):
         wm = world_models.load(MODEL, backend="esp32", port=port, timeout=2.0)
         try:
             assert not wm.ensure_model()  # --model: it holds the shipped model already
-            z, a, _ = _inputs(3)
+            z, a, _ = device_inputs(3)
             np.testing.assert_allclose(wm.predict(z, a), reference.predict(z, a), rtol=1e-5, atol=1e-5)
         finally:
             wm.close()

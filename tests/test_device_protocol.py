@@ -39,6 +39,7 @@ from world_models.backends.devices.protocol import (
     unpack_tensors,
 )
 
+V = PROTOCOL_VERSION  # the one version this protocol speaks (2)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -262,7 +263,7 @@ def _ask(device: Device, frame: Frame) -> list[Frame]:
 
 
 def test_device_answers_bad_requests_with_codes(bare_device):
-    hello = _ask(bare_device, Frame(Command.HELLO, 0, HELLO_REQUEST.pack(1, 1, 0, 99)))[0]
+    hello = _ask(bare_device, Frame(Command.HELLO, 0, HELLO_REQUEST.pack(V, V, 0, 99)))[0]
     assert hello.is_response and not hello.is_error
     cases = [
         (Frame(0x55, 1), ErrorCode.UNKNOWN_COMMAND),
@@ -270,8 +271,8 @@ def test_device_answers_bad_requests_with_codes(bare_device):
         (Frame(Command.STATS, 3, b"x"), ErrorCode.BAD_PAYLOAD),
         (Frame(Command.LOAD_MODEL, 4, b"\x01"), ErrorCode.BAD_PAYLOAD),
         (Frame(Command.STATS, 2), ErrorCode.STALE_SEQUENCE),
-        (Frame(Command.STATS, 9, version=2), ErrorCode.UNSUPPORTED_VERSION),
-        (Frame(Command.HELLO, 0, HELLO_REQUEST.pack(2, 3, 0, 99)), ErrorCode.UNSUPPORTED_VERSION),
+        (Frame(Command.STATS, 9, version=V + 1), ErrorCode.UNSUPPORTED_VERSION),
+        (Frame(Command.HELLO, 0, HELLO_REQUEST.pack(V + 1, V + 2, 0, 99)), ErrorCode.UNSUPPORTED_VERSION),
     ]
     for request, code in cases:
         (answer,) = _ask(bare_device, request)
@@ -280,7 +281,7 @@ def test_device_answers_bad_requests_with_codes(bare_device):
 
 
 def test_device_answers_a_repeated_sequence_from_its_cache(bare_device):
-    _ask(bare_device, Frame(Command.HELLO, 0, HELLO_REQUEST.pack(1, 1, 0, 1234)))  # a new session
+    _ask(bare_device, Frame(Command.HELLO, 0, HELLO_REQUEST.pack(V, V, 0, 1234)))  # a new session
     before = dict(bare_device.counters)
     first = _ask(bare_device, Frame(Command.STATS, 1))
     again = _ask(bare_device, Frame(Command.STATS, 1))
@@ -294,7 +295,7 @@ def test_device_answers_a_repeated_sequence_from_its_cache(bare_device):
 @given(st.sampled_from(list(Command)), st.binary(max_size=300))
 def test_fuzz_device_always_answers_cleanly(bare_device, command, payload):
     """Any payload for any command: the device answers (an error code or a result); it never raises."""
-    _ask(bare_device, Frame(Command.HELLO, 0, HELLO_REQUEST.pack(1, 1, 0, 77)))
+    _ask(bare_device, Frame(Command.HELLO, 0, HELLO_REQUEST.pack(V, V, 0, 77)))
     seq = bare_device.last_seq + 1
     answers = _ask(bare_device, Frame(command, 0 if command == Command.HELLO else seq, payload))
     assert answers and all(a.is_response for a in answers)
@@ -307,7 +308,7 @@ def test_overhead_constant():
 
 
 def _hello(device: Device, session: int) -> None:
-    (answer,) = _ask(device, Frame(Command.HELLO, 0, HELLO_REQUEST.pack(1, 1, 0, session)))
+    (answer,) = _ask(device, Frame(Command.HELLO, 0, HELLO_REQUEST.pack(V, V, 0, session)))
     assert not answer.is_error
 
 

@@ -1,19 +1,30 @@
-"""SIGTERM handled as Ctrl-C, and blocks a signal does not cut in two. No torch here.
+"""SIGTERM handled as Ctrl-C, blocks a signal does not cut in two, and child processes that die with
+their parent. No torch here.
 
 Job schedulers, ``kill`` and container runtimes stop a process with SIGTERM; Python's default
 ends it on the spot, and a training run or a collection loses what it had. Inside
 :func:`sigterm_as_ctrl_c` SIGTERM raises :class:`Terminated`, a ``KeyboardInterrupt``, so every
 command's Ctrl-C path (save a checkpoint, remove a partial folder) runs for both. The one owner
 of this rule: the trainers, ``leworld train-agent`` and ``leworld collect`` use it.
+
+A parent killed with SIGKILL runs no cleanup at all, so its children must notice by themselves:
+:func:`die_with_parent` (a Python child: ``leworld collect``'s workers) and
+:func:`die_with_parent_preexec` (any program, as ``subprocess.Popen(preexec_fn=...)``: QEMU under
+:mod:`world_models.backends.devices.qemu`) are the one place that knows how.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+PARENT_POLL_S = 1.0  # how often a child without PR_SET_PDEATHSIG checks that its parent lives
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Terminated(KeyboardInterrupt):
@@ -74,3 +85,61 @@ def uninterrupted() -> Iterator[None]:
     if _Signals.depth == 0 and _Signals.pending is not None:
         signum, _Signals.pending = _Signals.pending, None
         raise _interrupt(signum)
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _set_death_signal(prctl: Callable[..., int], parent_pid: int) -> bool:
+    """PR_SET_PDEATHSIG: SIGKILL this process when its parent dies (the setting survives exec). True when
+    set; exits at once when the parent died before the call (no signal would come)."""
+    if prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    return True
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` (the process that started it) dies, however it dies: on Linux
+    the kernel's PR_SET_PDEATHSIG, elsewhere a daemon thread polling ``os.getppid()`` every
+    :data:`PARENT_POLL_S`. Call it first thing in the child."""
+    prctl = _prctl()
+    if prctl is not None and _set_death_signal(prctl, parent_pid):
+        return
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            threading.Event().wait(PARENT_POLL_S)
+
+    threading.Thread(target=watch, name="leworld-parent-watch", daemon=True).start()
+
+
+def die_with_parent_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for :class:`subprocess.Popen` that makes the started program (not only Python)
+    die with this process, even by SIGKILL: PR_SET_PDEATHSIG, set between fork and exec. None where
+    there is none (not Linux): the caller then relies on stopping the child itself.
+
+    The kernel sends the signal when the *thread* that started the child ends, so start such a child
+    from a thread that lives as long as the child should (the main thread, or a long-lived one).
+    ``prctl`` is looked up here, in the parent, so the forked child only makes the call."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _set_death_signal(prctl, parent)
+
+    return preexec

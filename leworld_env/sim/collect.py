@@ -8,9 +8,9 @@ storage and metadata, and writing.
 
 Jobs are streamed: at most :data:`IN_FLIGHT_PER_WORKER` episodes per worker are
 submitted and not yet written, whatever ``episodes`` is, and they come back in
-index order. Workers exit when the process that started them dies (on Linux
-``PR_SET_PDEATHSIG``, elsewhere a thread watching the parent), and SIGTERM is
-handled like Ctrl-C.
+index order. Workers exit when the process that started them dies
+(:func:`world_models.signals.die_with_parent`: on Linux ``PR_SET_PDEATHSIG``, elsewhere a
+thread watching the parent), and SIGTERM is handled like Ctrl-C.
 
 The dataset is written under a hidden temporary name beside the output folder,
 ``.NAME.partial-XXXXXXXX``, and renamed into place only when complete, so a crash
@@ -29,10 +29,8 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 import uuid
 import warnings
 from collections import deque
@@ -50,13 +48,12 @@ from leworld_env.sim.pusht_sim import ACTION_SPACE, HIDDEN_PHYSICS_FIELDS, HIDDE
 from world_models.data.dataset import DATA_SUBDIR, METADATA_KEY, is_leworld_dataset
 from world_models.errors import LeWorldError
 from world_models.outputs import check_output_folder, marker_kind, removed_if_failed, write_marker
-from world_models.signals import sigterm_as_ctrl_c
+from world_models.signals import die_with_parent, sigterm_as_ctrl_c
 
 WRITE_CHUNK = 8  # episodes per HDF5 append
 MAX_EPISODES = 1_000_000  # per dataset: already ~3.7 TB of raw 64 px frames at 300 steps an episode
 IN_FLIGHT_PER_WORKER = 2  # episodes submitted to a worker process and not yet written, at most
 OWNER_FILE = ".leworld-owner.json"  # in a partial folder: the host and process writing it
-PARENT_POLL_S = 1.0  # how often a worker without PR_SET_PDEATHSIG checks that its parent lives
 
 
 @dataclass(frozen=True)
@@ -105,33 +102,9 @@ def _collect_one(args: tuple[CollectConfig, int]) -> dict:
     return collect_episode(*args)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """End this process when ``parent_pid`` (the process that started it) dies, however it dies."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            pr_set_pdeathsig = 1
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
-                if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
-                    os._exit(1)
-                return
-        except (OSError, AttributeError):
-            pass
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            threading.Event().wait(PARENT_POLL_S)
-
-    threading.Thread(target=watch, name="leworld-parent-watch", daemon=True).start()
-
-
 def _init_worker(parent_pid: int | None = None) -> None:
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
     # One process per core already: numba's own threads would only oversubscribe the CPU.
     import numba
 

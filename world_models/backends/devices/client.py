@@ -12,6 +12,10 @@ numbers run out (2^32 - 1 calls) the link starts a new session. When all
 attempts fail the call raises :class:`DeviceTimeoutError` (the device is
 silent) or :class:`DeviceError` (the device is gone, another device answers,
 or it answered with an error code or a malformed payload).
+
+The host speaks protocol version 2 only (no device shipped version 1). On an FPGA that advertises
+FIXED_POINT, PREDICT and ROLLOUT carry int32 fixed point (HELLO's ``frac_bits``): the host quantizes
+as the fixed-point reference does and the device's integers come back exactly.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ DEFAULT_MAX_ACK_S = 60.0  # the most one ACK may extend an attempt's deadline by
 TENSOR_HEADS_ROOM = 64
 POLL_S = 0.02  # pyserial read timeout: how often a waiting call checks its deadline
 PORT_HINT = "a device path such as /dev/ttyUSB0, or a pyserial URL such as socket://HOST:PORT"
-HOST_VERSIONS = (wire.PROTOCOL_VERSION, wire.PROTOCOL_VERSION)  # the protocol versions this host speaks
+HOST_VERSIONS = (wire.PROTOCOL_VERSION, wire.PROTOCOL_VERSION)  # the protocol versions this host speaks (2 only)
 _SESSIONS = itertools.count(1)
 
 
@@ -432,7 +436,8 @@ class DeviceWorldModel(WorldModel):
     The ``.lq40`` is also opened in-process on numba-q4 for the config, the probe and, when
     the device cannot encode (the FPGA), encoding. The device gets the model (LOAD_MODEL)
     when the one it holds has another size or CRC-32. Batches larger than the device's
-    frame are split into several calls (rows are independent).
+    frame, or than the rows it takes per call (HELLO's ``max_rows``), are split into several
+    calls (rows are independent). An ``fpga`` device with FIXED_POINT is sent int32 fixed point.
     """
 
     def __init__(self, path: str | Path, backend: str, port: str, **link_options: float) -> None:
@@ -493,18 +498,48 @@ class DeviceWorldModel(WorldModel):
             return self.link.call(command, payload, answer_bytes)
 
     def _rows_per_call(self, inputs: list[np.ndarray], answer_shape: tuple[int, ...]) -> int:
-        """How many rows of ``inputs`` (and their answers) fit one frame; 0 when not even one does."""
+        """How many rows of ``inputs`` (and their answers) fit one frame, and the device's ``max_rows``;
+        0 when not even one does."""
         request_row = sum(wire.tensor_nbytes(x.shape[1:], x.dtype) for x in inputs)
-        answer_row = wire.tensor_nbytes(answer_shape, np.float32)
+        answer_row = wire.tensor_nbytes(answer_shape, np.float32)  # int32 answers take as much
         room = self.link.info.max_frame - wire.OVERHEAD - TENSOR_HEADS_ROOM
-        return max(0, room // max(request_row, answer_row, 1))
+        rows = max(0, room // max(request_row, answer_row, 1))
+        return min(rows, self.link.info.max_rows) if self.link.info.max_rows else rows
 
-    def _batched(self, command: Command, inputs: list[np.ndarray], answer_shape: tuple[int, ...]) -> np.ndarray:
-        """Run ``command`` over row slices of ``inputs`` that fit a frame; the answers stacked [B, *answer_shape]."""
+    @property
+    def fixed_point_link(self) -> bool:
+        """Whether PREDICT and ROLLOUT carry int32 fixed point: an fpga device advertising FIXED_POINT."""
+        info = self.link.info
+        return self.backend == "fpga" and bool(info.capabilities & Capability.FIXED_POINT) and 0 < info.frac_bits < 31
+
+    def _to_wire(self, name: str, x: np.ndarray) -> np.ndarray:
+        """``x`` as sent: float32, or on a fixed-point link its int32 fixed point (refused outside the range)."""
+        if not self.fixed_point_link:
+            return x
+        frac = self.link.info.frac_bits
+        limit = 2.0 ** (31 - frac)
+        if np.any(np.abs(x) >= limit):
+            raise ArgumentError(
+                f"{name} holds values outside the fixed-point range (|x| < {limit:g} at {frac} fraction bits)"
+            )
+        return wire.to_fixed(x, frac)
+
+    def _from_wire(self, out: np.ndarray) -> np.ndarray:
+        return wire.from_fixed(out, self.link.info.frac_bits) if out.dtype == np.int32 else out
+
+    def _batched(
+        self,
+        command: Command,
+        inputs: list[np.ndarray],
+        answer_shape: tuple[int, ...],
+        dtype: type = np.float32,
+    ) -> np.ndarray:
+        """Run ``command`` over row slices of ``inputs`` that fit a frame; the answers (``dtype``: float32, or
+        int32 on a fixed-point link) stacked [B, *answer_shape]."""
         batch = inputs[0].shape[0]
         answer_row = wire.tensor_nbytes(answer_shape, np.float32)
         rows = self._rows_per_call(inputs, answer_shape)
-        out = np.empty((batch, *answer_shape), np.float32)
+        out = np.empty((batch, *answer_shape), dtype)
         for start in range(0, batch, rows):
             part = [x[start : start + rows] for x in inputs]
             n = part[0].shape[0]
@@ -515,10 +550,12 @@ class DeviceWorldModel(WorldModel):
                 raise DeviceError(
                     f"the device at {self.link.port!r} sent a malformed {command.name} answer: {err}"
                 ) from None
-            if result.dtype != np.float32 or result.shape != (n, *answer_shape) or not np.all(np.isfinite(result)):
+            finite = result.dtype != np.float32 or np.all(np.isfinite(result))
+            if result.dtype != dtype or result.shape != (n, *answer_shape) or not finite:
+                expected = "finite float32" if dtype == np.float32 else np.dtype(dtype).name
                 raise DeviceError(
                     f"the device at {self.link.port!r} answered {command.name} with {result.dtype} "
-                    f"{list(result.shape)}; expected finite float32 {[n, *answer_shape]}"
+                    f"{list(result.shape)}; expected {expected} {[n, *answer_shape]}"
                 )
             out[start : start + n] = result
         return out
@@ -531,17 +568,23 @@ class DeviceWorldModel(WorldModel):
             return self.local._encode(pixels)
         return self._batched(Command.ENCODE, [pixels], (self.config.latent_dim,))
 
+    def _answer_dtype(self) -> type:
+        return np.int32 if self.fixed_point_link else np.float32
+
     def _predict(self, z_hist: np.ndarray, a_hist: np.ndarray) -> np.ndarray:
-        inputs = [z_hist, a_hist]
+        inputs = [self._to_wire("z_hist", z_hist), self._to_wire("a_hist", a_hist)]
         if not self._fits(inputs, (self.config.latent_dim,)):
             raise DeviceError(f"one history of {list(z_hist.shape[1:])} does not fit the device's frame")
-        return self._batched(Command.PREDICT, inputs, (self.config.latent_dim,))
+        out = self._batched(Command.PREDICT, inputs, (self.config.latent_dim,), self._answer_dtype())
+        return self._from_wire(out)
 
     def _rollout(self, z_hist: np.ndarray, a_hist: np.ndarray, a_future: np.ndarray) -> np.ndarray:
-        inputs, answer = [z_hist, a_hist, a_future], (a_future.shape[1], self.config.latent_dim)
-        if not self._can(Capability.ROLLOUT) or not self._fits(inputs, answer):
+        answer = (a_future.shape[1], self.config.latent_dim)
+        if not self._can(Capability.ROLLOUT) or not self._fits([z_hist, a_hist, a_future], answer):
             return super()._rollout(z_hist, a_hist, a_future)  # one PREDICT per step
-        return self._batched(Command.ROLLOUT, inputs, answer)
+        names = ("z_hist", "a_hist", "a_future")
+        inputs = [self._to_wire(name, x) for name, x in zip(names, (z_hist, a_hist, a_future), strict=True)]
+        return self._from_wire(self._batched(Command.ROLLOUT, inputs, answer, self._answer_dtype()))
 
     def _probe_targets(self, z: np.ndarray) -> np.ndarray:
         return self.local._probe_targets(z)

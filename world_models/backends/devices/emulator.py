@@ -4,7 +4,8 @@
 ENCODE), optionally sleeping as long as an ESP32-P4 would take
 (:class:`LatencyModel`). ``fpga`` runs the fixed-point reference
 (:class:`world_models.backends.devices.fixed_point.FixedPointPredictor`, PREDICT and ROLLOUT
-only), bit-exact with the hardware's arithmetic. An optional link model delays
+only), bit-exact with the hardware's arithmetic; it takes float32 tensors or the int32 fixed-point
+ones it advertises (FIXED_POINT, ``frac_bits``) and answers in the dtype it was asked in. An optional link model delays
 every frame by its time on a UART at ``baud`` (10 bits a byte), so
 benchmarks over a pty mean something.
 
@@ -16,6 +17,7 @@ number, command and payload) from there.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import threading
 import time
@@ -45,6 +47,7 @@ ACK_MIN_MS = 50  # commands expected to take longer are acknowledged first
 WARM_UP_MS = 30_000  # announced before installing a model: numba compiles its kernels on first use
 FIRMWARE = (0, 1, 0)
 MAX_MODEL = 16 << 20  # the largest .lq40 a device takes (PSRAM / BRAM budget)
+FRAC_BITS = 16  # the fpga emulator's fixed-point format (Q15.16), as FixedPointPredictor's default
 MODEL_FILE = "model.lq40"
 
 
@@ -162,7 +165,7 @@ def _warm_up(engine: Any, kind: str) -> None:
 
 CAPABILITIES = {
     "esp32": Capability.PREDICT | Capability.ROLLOUT | Capability.ENCODE | Capability.RESUMABLE_LOAD,
-    "fpga": Capability.PREDICT | Capability.ROLLOUT | Capability.RESUMABLE_LOAD,
+    "fpga": Capability.PREDICT | Capability.ROLLOUT | Capability.RESUMABLE_LOAD | Capability.FIXED_POINT,
 }
 
 
@@ -264,7 +267,9 @@ class Device:
         }
 
     def hello(self) -> Hello:
-        """What this device says in answer to HELLO (version, kind, capabilities, limits, model held)."""
+        """What this device says in answer to HELLO (version, kind, capabilities, limits, model held).
+
+        The emulators compute in host memory: no fixed scratch arena and no row limit (both 0)."""
         return Hello(
             wire.PROTOCOL_VERSION,
             int(wire.DeviceKind.ESP32 if self.kind == "esp32" else wire.DeviceKind.FPGA),
@@ -275,6 +280,9 @@ class Device:
             self.model_size,
             self.model_crc,
             f"leworld {self.kind} emulator",
+            cache_depth=CACHE_SIZE,
+            cache_sessions=MAX_SESSIONS,
+            frac_bits=FRAC_BITS if self.capabilities & Capability.FIXED_POINT else 0,
         )
 
     def close(self) -> None:
@@ -430,18 +438,37 @@ class Device:
             raise CommandError(ErrorCode.NO_MODEL, "no model loaded; send LOAD_MODEL")
         return self.engine, self.config
 
+    def _dtypes(self) -> tuple[np.dtype, ...]:
+        """The tensor dtypes PREDICT and ROLLOUT take: float32, and int32 fixed point where advertised."""
+        if self.capabilities & Capability.FIXED_POINT:
+            return (np.dtype(np.float32), np.dtype(np.int32))
+        return (np.dtype(np.float32),)
+
+    def _dtype_words(self) -> str:
+        return "float32 (or int32 fixed point)" if self.capabilities & Capability.FIXED_POINT else "float32"
+
     def _histories(self, z: np.ndarray, a: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-        if z.dtype != np.float32 or a.dtype != np.float32 or z.ndim != 3 or a.ndim != 3:
-            raise CommandError(ErrorCode.BAD_INPUT, "z_hist and a_hist must be float32 [B, T, D] and [B, T, A]")
+        if z.dtype != a.dtype or z.dtype not in self._dtypes() or z.ndim != 3 or a.ndim != 3:
+            words = self._dtype_words()
+            raise CommandError(ErrorCode.BAD_INPUT, f"z_hist and a_hist must be {words} [B, T, D] and [B, T, A]")
         if z.shape[2] != cfg.latent_dim or a.shape[2] != cfg.action_dim or z.shape[:2] != a.shape[:2]:
             message = f"z_hist {list(z.shape)} and a_hist {list(a.shape)}; the model needs [B, T, {cfg.latent_dim}]"
             raise CommandError(ErrorCode.BAD_INPUT, f"{message} and [B, T, {cfg.action_dim}]")
-        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(a))):
+        if z.dtype == np.float32 and not (np.all(np.isfinite(z)) and np.all(np.isfinite(a))):
             raise CommandError(ErrorCode.BAD_INPUT, "z_hist or a_hist holds NaN or inf")
         return z[:, -cfg.history :], a[:, -cfg.history :]
 
+    def _answer_fits(self, *shape: int) -> None:
+        """A float32 / int32 answer tensor of ``shape`` fits a frame, else TOO_LARGE before anything runs:
+        no ACK, no rows counted (the firmware checks the same, in the same place)."""
+        nbytes = 2 + 4 * len(shape) + 4 * math.prod(shape)
+        if nbytes + wire.OVERHEAD > self.max_frame:
+            raise CommandError(ErrorCode.TOO_LARGE, f"the answer ({nbytes} bytes) exceeds the frame")
+
     def _respond_after(self, start: float, compute_ms: float, result: np.ndarray) -> bytes:
-        payload = wire.pack_tensors(result.astype(np.float32, copy=False))
+        if result.dtype != np.int32:
+            result = result.astype(np.float32, copy=False)
+        payload = wire.pack_tensors(result)
         remaining = compute_ms / 1000.0 - (time.monotonic() - start)
         if remaining > 0:
             self._interrupt.wait(remaining)
@@ -450,26 +477,32 @@ class Device:
     def _predict(self, payload: bytes, ack: Callable[[float], None]) -> bytes:
         engine, cfg = self._model()
         z, a = self._histories(*wire.unpack_tensors(payload, 2), cfg)
+        self._answer_fits(z.shape[0], cfg.latent_dim)
         ms = self.latency.predict_ms(cfg) * z.shape[0]
         ack(ms + 1000 * link_seconds(z.shape[0] * cfg.latent_dim * 4, self.baud))
         start = time.monotonic()
         self.count("rows_predicted", z.shape[0])
-        return self._respond_after(start, ms, engine.predict(z, a))
+        result = engine.predict_fixed(z, a) if z.dtype == np.int32 else engine.predict(z, a)
+        return self._respond_after(start, ms, result)
 
     def _rollout(self, payload: bytes, ack: Callable[[float], None]) -> bytes:
         engine, cfg = self._model()
         z, a, future = wire.unpack_tensors(payload, 3)
         z, a = self._histories(z, a, cfg)
-        if future.dtype != np.float32 or future.ndim != 3 or future.shape[0] != z.shape[0]:
-            raise CommandError(ErrorCode.BAD_INPUT, f"a_future must be float32 [{z.shape[0]}, H, {cfg.action_dim}]")
-        if future.shape[2] != cfg.action_dim or not np.all(np.isfinite(future)):
+        if future.dtype != z.dtype or future.ndim != 3 or future.shape[0] != z.shape[0]:
+            words = self._dtype_words()
+            raise CommandError(ErrorCode.BAD_INPUT, f"a_future must be {words} [{z.shape[0]}, H, {cfg.action_dim}]")
+        if future.shape[2] != cfg.action_dim or (future.dtype == np.float32 and not np.all(np.isfinite(future))):
             raise CommandError(ErrorCode.BAD_INPUT, f"a_future must be finite [B, H, {cfg.action_dim}]")
+        self._answer_fits(z.shape[0], future.shape[1], cfg.latent_dim)
         rows = z.shape[0] * future.shape[1]
         ms = self.latency.predict_ms(cfg) * rows
         ack(ms + 1000 * link_seconds(rows * cfg.latent_dim * 4, self.baud))
         start = time.monotonic()
         self.count("rows_predicted", rows)
-        return self._respond_after(start, ms, engine.rollout(z, a, future))
+        fixed = z.dtype == np.int32
+        result = engine.rollout_fixed(z, a, future) if fixed else engine.rollout(z, a, future)
+        return self._respond_after(start, ms, result)
 
     def _encode(self, payload: bytes, ack: Callable[[float], None]) -> bytes:
         if not self.capabilities & Capability.ENCODE:
@@ -479,6 +512,7 @@ class Device:
         size = cfg.image_size
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
             raise CommandError(ErrorCode.BAD_INPUT, f"pixels must be uint8 [B, {size}, {size}, 3]")
+        self._answer_fits(pixels.shape[0], cfg.latent_dim)
         ms = self.latency.encode_ms(cfg) * pixels.shape[0]
         ack(ms + 1000 * link_seconds(pixels.shape[0] * cfg.latent_dim * 4, self.baud))
         start = time.monotonic()

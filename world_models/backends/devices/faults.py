@@ -6,17 +6,24 @@ can be found without decoding them). What happens to a frame depends only on
 the plan's seed, its direction and its number in that direction
 (:meth:`FaultPlan.fate`), never on timing: frame 7 from the host is dropped
 in every run, however many retries the frames before it took.
+
+:class:`FaultRelay` applies a plan to any device behind a port (the C firmware, QEMU, a board): it
+serves a new pty (or TCP port) for the host and forwards the frames, mistreated, to the device's port.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from world_models.backends.devices.transports import Transport
-from world_models.errors import ArgumentError
+from world_models.backends.devices.transports import PtyTransport, TcpTransport, Transport
+from world_models.errors import ArgumentError, LeWorldError
 
 DIRECTIONS = {"in": 0, "out": 1}  # host to device, device to host
 FAULTS = ("drop", "corrupt", "delay", "duplicate")
@@ -99,7 +106,12 @@ class FaultyTransport:
         self._pending = bytearray()  # an incoming frame not yet complete
         self._frames = {"in": 0, "out": 0}
         self._dead = False
+        self._lock = threading.Lock()  # a relay mistreats the two directions in two threads
         self.injected = {"drop": 0, "corrupt": 0, "duplicate": 0, "delay": 0, "die": 0, "disconnect": 0}
+
+    def _tally(self, fault: str) -> None:
+        with self._lock:
+            self.injected[fault] += 1
 
     @property
     def generation(self) -> int:
@@ -108,14 +120,15 @@ class FaultyTransport:
 
     def _mistreat(self, frame: bytes, direction: str) -> list[bytes]:
         """What becomes of one frame (its delimiter included): zero, one or two frames, maybe late."""
-        self._frames[direction] += 1
-        number = self._frames[direction]
+        with self._lock:
+            self._frames[direction] += 1
+            number = self._frames[direction]
         fate = self.plan.fate(direction, number)
         if "drop" in fate:
-            self.injected["drop"] += 1
+            self._tally("drop")
             return []
         if "corrupt" in fate and len(frame) > 1:
-            self.injected["corrupt"] += 1
+            self._tally("corrupt")
             rng = self.plan.rng(direction, number)
             rng.random(4)  # the draws fate() used
             spoilt = bytearray(frame)
@@ -124,10 +137,10 @@ class FaultyTransport:
             spoilt[i] = flipped or (0xFF if spoilt[i] != 0xFF else 0x01)  # no new zero: the framing holds
             frame = bytes(spoilt)
         if "delay" in fate:
-            self.injected["delay"] += 1
+            self._tally("delay")
             time.sleep(self.plan.delay_s)
         if "duplicate" in fate:
-            self.injected["duplicate"] += 1
+            self._tally("duplicate")
             return [frame, frame]
         return [frame]
 
@@ -148,13 +161,14 @@ class FaultyTransport:
                 continue
             number = self._frames["in"] + 1
             if self.plan.die_after is not None and number >= self.plan.die_after:
-                self.injected["die"] += 1
+                self._tally("die")
                 self._dead = True
                 self.inner.close()
                 return None
             if self.plan.disconnect_after is not None and number == self.plan.disconnect_after:
-                self._frames["in"] += 1
-                self.injected["disconnect"] += 1
+                with self._lock:
+                    self._frames["in"] += 1
+                self._tally("disconnect")
                 self._pending.clear()
                 self.inner.drop_connection()  # type: ignore[attr-defined]  # checked in __init__
                 return bytes(out)
@@ -176,3 +190,119 @@ class FaultyTransport:
         """Close for good (the inner transport too)."""
         self._dead = True
         self.inner.close()
+
+
+class FaultRelay:
+    """A faulty link in front of a device's port: hosts open :attr:`path`, frames reach ``target`` as ``plan`` says.
+
+    The relay serves a new pty (or, with ``tcp``, a TCP port of 127.0.0.1: ``disconnect_after`` then drops
+    only the host's connection) wrapped in a :class:`FaultyTransport`, and forwards what passes to the
+    device at ``target`` (a device path such as the C firmware's ``/dev/pts/N``, or any pyserial URL), in
+    two background threads, one a direction. Frames are numbered as the Python emulators number them,
+    so a plan's faults fall on the same frames. ``die_after`` closes the host's side for good (the device
+    keeps running); :attr:`injected` counts what was done. Inside :meth:`paused` the relay leaves the
+    device's port alone, so another link may talk to the device directly (its STATS, say).
+
+    Args:
+        target: the device's port.
+        plan: the faults.
+        tcp: serve on this TCP port (0: any free one) instead of a pty.
+        max_frame: the largest frame (decoded bytes) that travels, for the bound on a partial frame.
+    """
+
+    def __init__(self, target: str, plan: FaultPlan, tcp: int | None = None, max_frame: int = 65536) -> None:
+        import serial
+
+        from world_models.backends.devices.protocol import max_encoded_size
+
+        if plan.disconnect_after is not None and tcp is None:
+            raise ArgumentError("FaultPlan(disconnect_after=...) needs a TCP relay: pass tcp=0")
+        try:
+            self._device: Any = serial.serial_for_url(target, timeout=0.05, write_timeout=5.0)
+        except (serial.SerialException, ValueError, OSError) as err:
+            raise LeWorldError(f"the fault relay cannot open the device's port {target!r} ({err})") from None
+        try:
+            front: Transport = PtyTransport() if tcp is None else TcpTransport(tcp)
+        except BaseException:
+            self._device.close()
+            raise
+        self.target = target
+        self.transport = FaultyTransport(front, plan, max_encoded_size(max_frame) + 1)
+        self.path = front.path
+        self._stop = threading.Event()
+        self._pause = threading.Event()
+        self._idle = [threading.Event(), threading.Event()]  # each thread's: it is not touching the port
+        self._threads = [
+            threading.Thread(target=self._to_device, name="fault-relay-in", daemon=True),
+            threading.Thread(target=self._to_host, name="fault-relay-out", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def injected(self) -> dict[str, int]:
+        """Faults done so far, by kind (:attr:`FaultyTransport.injected`)."""
+        return self.transport.injected
+
+    def _wait_while_paused(self, idle: threading.Event) -> None:
+        while self._pause.is_set() and not self._stop.is_set():
+            idle.set()
+            time.sleep(0.005)
+        idle.clear()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop forwarding (both ways) while the block runs; frames the host sends meanwhile wait."""
+        self._pause.set()
+        try:
+            for idle, thread in zip(self._idle, self._threads, strict=True):
+                while thread.is_alive() and not idle.wait(0.05):
+                    pass
+            yield
+        finally:
+            self._pause.clear()
+
+    def _to_device(self) -> None:
+        while not self._stop.is_set():
+            self._wait_while_paused(self._idle[0])
+            data = self.transport.recv(0.05)
+            if data is None:  # the host's side closed for good (die_after, or stop)
+                return
+            if data:
+                try:
+                    self._device.write(data)
+                except Exception:  # the device went away: what it misses is lost, as on a wire
+                    return
+
+    def _to_host(self) -> None:
+        pending = bytearray()
+        while not self._stop.is_set():
+            self._wait_while_paused(self._idle[1])
+            try:
+                data = self._device.read(max(1, self._device.in_waiting))
+            except Exception:
+                return
+            pending += data
+            while (end := pending.find(b"\x00")) >= 0:
+                frame = bytes(pending[: end + 1])
+                del pending[: end + 1]
+                if frame == b"\x00":  # a lone delimiter is not a frame: passed on, not counted
+                    self.transport.inner.send(frame)
+                else:
+                    self.transport.send(frame)
+
+    def stop(self) -> None:
+        """Stop forwarding and close both sides (idempotent)."""
+        self._stop.set()
+        self.transport.close()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5.0)
+        with contextlib.suppress(Exception):
+            self._device.close()
+
+    def __enter__(self) -> FaultRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -10,6 +10,10 @@ Every decoding problem (a bad COBS block, a short or oversize frame, a CRC
 mismatch, a header that disagrees with the frame, a payload that does not
 parse) is a :class:`ProtocolError` and nothing else. This module is pure
 Python and numpy: no torch, no serial port.
+
+Version 2 (the only one spoken; no device shipped version 1) added HELLO's memory limits (reply-cache
+depth, sessions, scratch bytes, rows per call, fixed-point fraction bits) and the int32 fixed-point
+tensor dtype (code 3) that FPGA devices take and answer, so their link carries the exact integers.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 
 from world_models.errors import ArgumentError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DELIMITER = 0
 HEADER = struct.Struct("<BBBBII")  # version, command, flags, reserved, sequence, payload length
 CRC = struct.Struct("<I")
@@ -86,6 +90,7 @@ class Capability(IntFlag):
     ROLLOUT = 0x02
     ENCODE = 0x04
     RESUMABLE_LOAD = 0x08
+    FIXED_POINT = 0x10  # takes and answers int32 fixed-point tensors (dtype 3) with HELLO's frac_bits
 
 
 class DeviceKind(IntEnum):
@@ -261,9 +266,22 @@ class FrameDecoder:
 
 
 # ---------------------------------------------------------------------- tensors
-TENSOR_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("u1")}
-TENSOR_CODES = {np.dtype(np.float32): 1, np.dtype(np.uint8): 2}
+TENSOR_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("u1"), 3: np.dtype("<i4")}
+TENSOR_CODES = {np.dtype(np.float32): 1, np.dtype(np.uint8): 2, np.dtype(np.int32): 3}
 MAX_DIMS = 4
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def to_fixed(x: np.ndarray, frac_bits: int) -> np.ndarray:
+    """float -> the int32 fixed point of dtype 3: ``round(x * 2**frac_bits)``, half to even, saturated
+    (the product exact in float64): what ``FixedPointPredictor.quantize`` computes."""
+    v = np.rint(np.asarray(x, np.float64) * 2.0**frac_bits)
+    return np.clip(v, INT32_MIN, INT32_MAX).astype(np.int32)
+
+
+def from_fixed(q: np.ndarray, frac_bits: int) -> np.ndarray:
+    """int32 fixed point -> float32 ``q * 2**-frac_bits`` (exact while ``|q| < 2**24``)."""
+    return (np.asarray(q, np.float64) * 2.0**-frac_bits).astype(np.float32)
 
 
 def tensor_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -272,13 +290,16 @@ def tensor_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 
 def pack_tensors(*arrays: np.ndarray) -> bytes:
-    """float32 or uint8 arrays (1 to 4 dims) -> payload bytes: per tensor dtype u8, ndim u8, dims u32, data."""
+    """float32, uint8 or int32 arrays (1 to 4 dims) -> payload bytes: per tensor dtype u8, ndim u8, dims u32, data."""
     parts = []
     for array in arrays:
         array = np.asarray(array)
         code = TENSOR_CODES.get(array.dtype)
         if code is None or not 1 <= array.ndim <= MAX_DIMS:
-            raise ArgumentError(f"a tensor must be float32 or uint8 with 1 to 4 dims, got {array.dtype} {array.shape}")
+            raise ArgumentError(
+                f"a tensor must be float32 or uint8 (or int32 fixed point) with 1 to 4 dims, got {array.dtype} "
+                f"{array.shape}"
+            )
         parts.append(struct.pack(f"<BB{array.ndim}I", code, array.ndim, *array.shape))
         parts.append(np.ascontiguousarray(array, dtype=TENSOR_DTYPES[code]).tobytes())
     return b"".join(parts)
@@ -313,7 +334,9 @@ def unpack_tensors(payload: bytes, count: int) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------------- command payloads
 HELLO_REQUEST = struct.Struct("<BBHI")  # lowest and highest version the host speaks, reserved, session
-HELLO_RESPONSE = struct.Struct("<BBHIIIII")  # version, kind, capabilities, firmware, max_frame, max_model, size, crc
+# version, kind, capabilities, firmware, max_frame, max_model, model size, model crc, cache depth, cache sessions,
+# scratch bytes, max rows, frac bits, 3 reserved bytes (40 bytes; the device's name follows)
+HELLO_RESPONSE = struct.Struct("<BBHIIIIIHHIIB3x")
 LOAD_REQUEST = struct.Struct("<BxxxII")  # op, then (size, crc) for BEGIN and COMMIT, (offset, crc) for CHUNK
 LOAD_RESPONSE = struct.Struct("<II")  # bytes held, the file's CRC-32
 ERROR_HEAD = struct.Struct("<H")
@@ -342,7 +365,13 @@ def version_text(packed: int) -> str:
 
 @dataclass(frozen=True)
 class Hello:
-    """What HELLO tells about a device."""
+    """What HELLO tells about a device.
+
+    The limits after ``name`` (0 where a device states none): ``cache_depth`` responses kept per
+    session and ``cache_sessions`` sessions remembered (§5), ``scratch_bytes`` of inference memory,
+    ``max_rows`` batch rows one PREDICT / ROLLOUT / ENCODE takes (0: as many as fit a frame), and
+    ``frac_bits``, the fraction bits of its int32 fixed-point tensors (devices with FIXED_POINT).
+    """
 
     version: int
     kind: int
@@ -353,9 +382,14 @@ class Hello:
     model_size: int
     model_crc: int
     name: str
+    cache_depth: int = 0
+    cache_sessions: int = 0
+    scratch_bytes: int = 0
+    max_rows: int = 0
+    frac_bits: int = 0
 
     def pack(self) -> bytes:
-        """The HELLO response payload: the 24-byte :data:`HELLO_RESPONSE` head, then the name in UTF-8."""
+        """The HELLO response payload: the 40-byte :data:`HELLO_RESPONSE` head, then the name in UTF-8."""
         head = HELLO_RESPONSE.pack(
             self.version,
             self.kind,
@@ -365,6 +399,11 @@ class Hello:
             self.max_model,
             self.model_size,
             self.model_crc,
+            self.cache_depth,
+            self.cache_sessions,
+            self.scratch_bytes,
+            self.max_rows,
+            self.frac_bits,
         )
         return head + self.name.encode()
 
@@ -373,9 +412,9 @@ class Hello:
         """Parse a HELLO response payload; shorter than the head is a :class:`ProtocolError`."""
         if len(payload) < HELLO_RESPONSE.size:
             raise ProtocolError(f"HELLO response of {len(payload)} bytes, expected at least {HELLO_RESPONSE.size}")
-        fields = HELLO_RESPONSE.unpack_from(payload)
+        *fields, depth, sessions, scratch, rows, frac = HELLO_RESPONSE.unpack_from(payload)
         name = payload[HELLO_RESPONSE.size :].decode("utf-8", errors="replace")
-        return cls(*fields, name)
+        return cls(*fields, name, depth, sessions, scratch, rows, frac)
 
     @property
     def kind_name(self) -> str:
@@ -395,6 +434,10 @@ class Hello:
             "max_model": self.max_model,
             "model_size": self.model_size,
             "model_crc32": f"{self.model_crc:08x}",
+            "reply_cache": f"{self.cache_depth} responses x {self.cache_sessions} sessions",
+            "scratch": self.scratch_bytes or "unbounded",
+            "max_rows": self.max_rows or "frame-bound",
+            "frac_bits": self.frac_bits or "none",
         }
 
 
