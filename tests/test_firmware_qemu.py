@@ -264,3 +264,36 @@ def _sparse(path: Path) -> Path:
     with open(path, "wb") as f:
         f.truncate(qemu.PRELOAD_MAX + 1)
     return path
+
+
+def test_device_emulate_impl_qemu_serves_the_fixed_point_reference_until_sigterm(builds):
+    """`leworld device emulate --impl qemu` prints its pty as the Python emulator does; a host loads the
+    shipped model over it, its latents are the fixed-point reference's exactly, and SIGTERM stops it."""
+    import world_models
+    from world_models.backends.devices.fixed_point import FixedPointPredictor
+
+    command = [sys.executable, "-m", "leworld_env.cli", "device", "emulate", "--kind", "fpga", "--impl", "qemu"]
+    process = subprocess.Popen([*command, "--model", "pusht-tiny"], stdout=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 120.0)
+        assert ready, "the command printed nothing in 120 s"
+        first = process.stdout.readline()
+        assert first.startswith("fpga emulator on /dev/pts/"), first
+        wm = world_models.load("pusht-tiny", backend="fpga", port=first.split(" on ")[1].strip(), **LINK)
+        try:
+            assert not wm.ensure_model() and wm.info.name == "leworld-fw fpga (qemu-rv32)"
+            rng = np.random.default_rng(3)
+            z = rng.standard_normal((2, HISTORY, D)).astype(np.float32)
+            a = rng.uniform(-1, 1, (2, HISTORY, A)).astype(np.float32)
+            np.testing.assert_array_equal(wm.predict(z, a), FixedPointPredictor.from_lq40(LQ40).predict(z, a))
+        finally:
+            wm.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            out, _ = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0 and "stopped after" in out, out
