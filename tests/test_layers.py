@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("numba_kernels", "world_models", "leworld_env", "agents")
+PACKAGES = ("numba_kernels", "world_models", "leworld_env", "agents", "rtl")
 
 # (prefix, rank): a module's layer is the rank of the longest prefix it starts with.
 LAYERS = (
@@ -35,6 +35,7 @@ LAYERS = (
     ("leworld_env.play", 23),
     ("leworld_env.starts", 23),
     ("agents", 30),
+    ("rtl", 30),  # the FPGA datapath: reads its references from numba_kernels and world_models; nothing imports it
 )
 ALLOWED_UPWARD = (("leworld_env.cli", "agents"),)
 

@@ -33,7 +33,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from world_models.backends.devices.firmware import FIRMWARE_DIR, cache_build_dir, require_tool, run_make
+from world_models.backends.devices.build import FIRMWARE_DIR, cache_build_dir, require_tool, run_make
 from world_models.errors import LeWorldError
 from world_models.signals import die_with_parent_preexec
 
