@@ -23,7 +23,7 @@ pass 3's ``c' * g``; a second one pass 3's gain. The eps term per ``k`` is a sma
 reference's own ``round_shift`` (:func:`rtl.reference.layer_norm_eps_rom`); the seed ROM is the
 reference's ``ISQRT_SEEDS``.
 
-Cycles: ``3 d + 91`` (three passes with their pipeline drains, 4 cycles per Newton multiply).
+Cycles: ``3 d + 94`` (three passes with their pipeline drains, 4 cycles per Newton multiply).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class LayerNorm(wiring.Component):
 
         # pass machinery: an issue counter and a valid flag (and element index) per pipeline stage
         j, issuing = Signal(range(d + 1)), Signal()
-        stages = 12
+        stages = 13
         valid = [Signal(name=f"v{i}") for i in range(stages + 1)]
         index = [Signal(range(d), name=f"j{i}") for i in range(stages + 1)]
         m.d.comb += [valid[0].eq(issuing), index[0].eq(j), self.addr.eq(j)]
@@ -133,32 +133,36 @@ class LayerNorm(wiring.Component):
                 m.d.sync += issuing.eq(0)
 
         # the per-element datapath, shared by passes 2 and 3 (stage numbers: when a value is valid)
-        c_raw = Signal(signed(c_bits))  # 2: d x - total
-        cp = Signal(signed(26))  # 3: c' = round_shift(c, k), |c'| <= 2**24 (then the multiplier: 6)
-        v_pre, v_right = Signal(signed(2 * MUL_BITS)), Signal()  # 7: c' g shifted by out_shift - 1
+        # 1: the memories answer; 2: their words registered (a block RAM's output is slow: nothing behind it)
+        x2 = Signal(signed(32))
+        m.d.sync += x2.eq(self.x_data)
+        c_raw = Signal(signed(c_bits))  # 3: d x - total
+        cp = Signal(signed(26))  # 4: c' = round_shift(c, k), |c'| <= 2**24 (then the multiplier: 7)
+        v_pre, v_right = Signal(signed(2 * MUL_BITS)), Signal()  # 8: c' g shifted by out_shift - 1
         v_bits = frac + (d.bit_length() + 1) // 2 + 3  # |v| <= sqrt(d) * 2**F
-        vv = Signal(signed(v_bits))  # 8: v = round_shift(c' g, out_shift) (then the gain multiplier: 10)
-        y11 = Signal(signed(v_bits + 34))  # 11: the gain's rounding plus the offset
+        vv = Signal(signed(v_bits))  # 9: v = round_shift(c' g, out_shift) (then the gain multiplier: 11)
+        y12 = Signal(signed(v_bits + 34))  # 12: the gain's rounding plus the offset
         ca = [Signal(signed(34), name=f"ca{i}") for i in range(stages + 1)]
         cb = [Signal(signed(32), name=f"cb{i}") for i in range(stages + 1)]
-        one_plus = (1 << frac) + self.coef_a if self.mode == "modulated" else self.coef_a
-        m.d.comb += [ca[1].eq(one_plus), cb[1].eq(self.coef_b)]
-        for i in range(1, stages):
+        m.d.sync += [ca[2].eq(self.coef_a), cb[2].eq(self.coef_b)]
+        m.d.sync += ca[3].eq((1 << frac) + ca[2] if self.mode == "modulated" else ca[2])  # 1 + scale
+        m.d.sync += cb[3].eq(cb[2])
+        for i in range(3, stages):
             m.d.sync += [ca[i + 1].eq(ca[i]), cb[i + 1].eq(cb[i])]
         m.d.sync += [
-            c_raw.eq(const_multiply(self.x_data, d) - total),
+            c_raw.eq(const_multiply(x2, d) - total),
             cp.eq(round_shift_var(c_raw, k, left_max=24 - frac if frac < 24 else 0, right_max=self.k_hi)),
             v_pre.eq(mul_p >> (out_shift - 1)[:6].as_unsigned()),  # out_shift >= 1 for F <= 23
             v_right.eq(out_shift > 0),
             vv.eq(Mux(v_right, (v_pre + 1) >> 1, delayed(m, mul_p, 1, "v_exact"))[:v_bits]),
         ]
-        gain = pipelined_multiply(m, vv, ca[8], name="ln_gain")  # valid at 10
+        gain = pipelined_multiply(m, vv, ca[9], name="ln_gain")  # valid at 11
         if self.mode == "affine":
-            m.d.sync += y11.eq(round_shift_const(gain, COEF_BITS) + cb[10])
+            m.d.sync += y12.eq(round_shift_const(gain, COEF_BITS) + cb[11])
         elif self.mode == "modulated":
-            m.d.sync += y11.eq(round_shift_const(gain, frac) + cb[10])
+            m.d.sync += y12.eq(round_shift_const(gain, frac) + cb[11])
         else:
-            m.d.sync += y11.eq(delayed(m, vv, 2, "plain"))
+            m.d.sync += y12.eq(delayed(m, vv, 2, "plain"))
 
         m.d.sync += [self.done.eq(0), self.y_en.eq(0)]
         m.d.comb += [self.inv_sqrt_r.eq(r), self.inv_sqrt_s.eq(s)]
@@ -194,11 +198,11 @@ class LayerNorm(wiring.Component):
                     m.next = "SUM"
             with m.State("SUM"):  # pass 1: sum, max, min
                 busy(m)
-                with m.If(valid[1]):
+                with m.If(valid[2]):
                     m.d.sync += [
-                        total.eq(total + self.x_data),
-                        xmax.eq(Mux(self.x_data > xmax, self.x_data, xmax)),
-                        xmin.eq(Mux(self.x_data < xmin, self.x_data, xmin)),
+                        total.eq(total + x2),
+                        xmax.eq(Mux(x2 > xmax, x2, xmax)),
+                        xmin.eq(Mux(x2 < xmin, x2, xmin)),
                     ]
                 with m.If(pipeline_empty):
                     m.next = "CMAX"
@@ -225,8 +229,8 @@ class LayerNorm(wiring.Component):
                 m.next = "SQUARES"
             with m.State("SQUARES"):  # pass 2: sum of c'^2
                 busy(m)
-                m.d.comb += [mul_a.eq(cp), mul_b.eq(cp)]  # operands at 3, product at 6
-                with m.If(valid[6]):
+                m.d.comb += [mul_a.eq(cp), mul_b.eq(cp)]  # operands at 4, product at 7
+                with m.If(valid[7]):
                     m.d.sync += sq.eq(sq + mul_p.as_unsigned()[: len(sq)])
                 with m.If(pipeline_empty):
                     m.next = "ISQRT_A"
@@ -291,8 +295,8 @@ class LayerNorm(wiring.Component):
             with m.State("OUTPUT"):  # pass 3: c' * g, the shift, the gain and offset, the store
                 busy(m)
                 m.d.comb += [mul_a.eq(cp), mul_b.eq(g)]
-                with m.If(valid[11]):
-                    m.d.sync += [self.y_en.eq(1), self.y_addr.eq(index[11]), self.y_data.eq(saturate(y11, 32))]
+                with m.If(valid[12]):
+                    m.d.sync += [self.y_en.eq(1), self.y_addr.eq(index[12]), self.y_data.eq(saturate(y12, 32))]
                 with m.If(pipeline_empty):
                     m.d.sync += self.done.eq(1)
                     m.next = "IDLE"

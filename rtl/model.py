@@ -197,7 +197,7 @@ def linear_cycles(layer: fx.FixedLinear, rows: int, lanes: int) -> int:
 
 def layer_norm_cycles(d: int) -> int:
     """Cycles of one :class:`rtl.layernorm.LayerNorm` row (three passes and the inverse square root)."""
-    return 3 * d + 91
+    return 3 * d + 94
 
 
 def predict_cycles(fpga: FixedPointPredictor, lanes: int, block_cycles: dict[int, int]) -> dict[str, int]:

@@ -226,7 +226,7 @@ def test_layer_norm_on_the_predictor_s_real_rows(captured):
 
 def test_layer_norm_cycles_are_three_passes():
     x = np.random.default_rng(8).integers(-(2**16), 2**16, (1, 96)).astype(np.int32)
-    assert 3 * 96 < sim.run_layer_norm(x, F).cycles <= 3 * 96 + 91
+    assert 3 * 96 < sim.run_layer_norm(x, F).cycles <= 3 * 96 + 94
 
 
 # ---------------------------------------------------------------- GELU / SiLU
