@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+
 import gymnasium as gym
 import numpy as np
 
@@ -25,3 +28,15 @@ def env_trace(env: gym.Env, seed: int, steps: int) -> list[dict[str, np.ndarray]
         if terminated or truncated:
             break
     return trace
+
+
+def sigterm_and_wait(process: subprocess.Popen, timeout: float = 30.0) -> str:
+    """Send SIGTERM to a device command, wait for it (killing it if it outlives ``timeout``), its stdout."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return out

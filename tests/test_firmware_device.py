@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import os
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import pytest
 
 import leworld_env  # noqa: F401  (registers the env ids)
 import world_models
-from tests.device_helpers import device_inputs, env_trace
+from tests.device_helpers import device_inputs, env_trace, sigterm_and_wait
 from tests.toolchains import require_tools
 from world_models.backends.devices import protocol as wire
 from world_models.backends.devices.client import DeviceError, DeviceLink
@@ -722,13 +721,7 @@ def test_device_emulate_impl_c_serves_a_pty_until_sigterm(firmware_build, refere
         finally:
             wm.close()
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            out, _ = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        out = sigterm_and_wait(process)
     assert process.returncode == 0 and "stopped after 1 commands" in out, out
     refused = subprocess.run([*command, "--tcp", "0"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--tcp: only with --impl python" in refused.stderr

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.device_helpers import sigterm_and_wait
 from tests.toolchains import require_tools
 from world_models.backends.devices import protocol as wire
 from world_models.backends.devices import qemu
@@ -289,11 +290,5 @@ def test_device_emulate_impl_qemu_serves_the_fixed_point_reference_until_sigterm
         finally:
             wm.close()
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            out, _ = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        out = sigterm_and_wait(process)
     assert process.returncode == 0 and "stopped after" in out, out
