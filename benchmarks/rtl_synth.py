@@ -27,7 +27,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from amaranth.back import rtlil  # noqa: E402
-from amaranth.hdl import Signal, Value  # noqa: E402
+
+from rtl.verilog import design_ports  # noqa: E402
 
 DEVICE = ["--85k", "--package", "CABGA381"]
 ECP5_85K = {"LUT4": 83_640, "TRELLIS_FF": 83_640, "MULT18X18D": 156, "DP16KD": 208}
@@ -68,6 +69,15 @@ def _block(index: int, lanes: int) -> Callable:
     return make
 
 
+def _whole(lanes: int) -> Callable:
+    def make():
+        from rtl.predictor import Predictor
+
+        return Predictor(_predictor(), lanes=lanes)
+
+    return make
+
+
 def _units() -> dict[str, tuple[str, Callable]]:
     from rtl.activation import LutActivation
     from rtl.attention import Attention
@@ -99,21 +109,15 @@ def _units() -> dict[str, tuple[str, Callable]]:
         "softmax": ("softmax of up to 8 scores: max, exp, sum, divider, normalize", lambda: Softmax(8)),
         "attention": ("causal attention, d = 96, 4 heads, 3 tokens (softmax inside)", lambda: Attention(96, 4, 3)),
         "gated_add": ("adaLN-zero gated residual, d = 96", lambda: GatedAdd(96, 3)),
+        "predictor16": (
+            "the whole predictor (one shared 16-lane engine for all 21 layers, every other unit once, all buffers)",
+            _whole(16),
+        ),
         "block0": (
             "a whole adaLN block (blocks.0: 4 linear engines of 16 lanes, LayerNorm, attention, GELU, gates, buffers)",
             _block(0, 16),
         ),
     }
-
-
-def design_ports(component) -> list[Signal]:
-    """The signals of a component's signature (constant members such as ``always_ready`` left out)."""
-    ports = []
-    for _, _, value in component.signature.flatten(component):
-        value = Value.cast(value)
-        if isinstance(value, Signal):
-            ports.append(value)
-    return ports
 
 
 def _tool(name: str) -> str:

@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth.hdl import Module, Signal, signed
-from amaranth.lib import wiring
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from numba_kernels.fixed_point import COEF_BITS
 from rtl.arith import const_multiply, pipelined_multiply, round_shift_const, saturate
 
 
@@ -20,26 +22,27 @@ class GatedAdd(wiring.Component):
     """``out[r, j] = saturate32(x[x_row0 + r, j] + round_shift(gate[m_row0 + r, j] * y[r, j], F))`` for ``rows``
     rows of width d (start / done), one element a cycle.
 
-    The gate is column block ``gate_col`` of a modulation buffer with rows of ``6 d`` (adaLN's six chunks),
-    so ``gate[r, j]`` is read at ``r * 6d + gate_col * d + j``. Ports: ``start`` with ``rows``, ``x_row0``,
+    The gate is column block ``gate_col`` of a modulation buffer with rows of ``chunks * d`` (adaLN's six
+    chunks, or three where the modulation is split over two memories), so ``gate[r, j]`` is read at
+    ``r * chunks * d + gate_col * d + j``. Ports: ``start`` with ``rows``, ``x_row0``,
     ``m_row0``, ``gate_col``; three synchronous read ports (``x_*``, ``g_*``, ``y_*``: addr out, data in); the
     output write port ``out_*`` (row r at ``r * d``).
     """
 
-    def __init__(self, d: int, t_max: int, frac: int = 16) -> None:
-        self.d, self.t_max, self.frac = d, t_max, frac
+    def __init__(self, d: int, t_max: int, frac: int = 16, chunks: int = 6) -> None:
+        self.d, self.t_max, self.frac, self.chunks = d, t_max, frac, chunks
         super().__init__(
             {
                 "start": In(1),
                 "rows": In(range(1, t_max + 1)),
                 "x_row0": In(range(t_max)),
                 "m_row0": In(range(t_max)),
-                "gate_col": In(range(6)),
+                "gate_col": In(range(chunks)),
                 "busy": Out(1),
                 "done": Out(1),
                 "x_addr": Out(_bits(t_max * d)),
                 "x_data": In(signed(32)),
-                "g_addr": Out(_bits(t_max * 6 * d)),
+                "g_addr": Out(_bits(t_max * chunks * d)),
                 "g_data": In(signed(32)),
                 "y_addr": Out(_bits(t_max * d)),
                 "y_data": In(signed(32)),
@@ -64,13 +67,13 @@ class GatedAdd(wiring.Component):
                 n.eq(0),
                 j.eq(0),
                 x_base.eq(const_multiply(self.x_row0, d)),
-                g_base.eq(const_multiply(self.m_row0, 6 * d) + const_multiply(self.gate_col, d)),
+                g_base.eq(const_multiply(self.m_row0, self.chunks * d) + const_multiply(self.gate_col, d)),
                 issuing.eq(1),
             ]
         with m.Elif(issuing):
             m.d.sync += [n.eq(n + 1), j.eq(j + 1)]
             with m.If(j == d - 1):
-                m.d.sync += [j.eq(0), x_base.eq(x_base + d), g_base.eq(g_base + 6 * d)]
+                m.d.sync += [j.eq(0), x_base.eq(x_base + d), g_base.eq(g_base + self.chunks * d)]
             with m.If(n == count - 1):
                 m.d.sync += issuing.eq(0)
         # read (1) -> operands (2) -> partials (3) -> product (4) -> sum (5) -> saturated write
@@ -88,6 +91,91 @@ class GatedAdd(wiring.Component):
         total = Signal(signed(66 - self.frac))  # x + round(gate * y * 2**-F): |gate * y| <= 2**62
         m.d.sync += [
             total.eq(xs[4] + round_shift_const(product, self.frac)),
+            self.out_en.eq(valid[5]),
+            self.out_addr.eq(index[5]),
+            self.out_data.eq(saturate(total, 32)),
+            self.done.eq(0),
+        ]
+        busy = issuing
+        for v in valid[1:]:
+            busy = busy | v
+        m.d.comb += self.busy.eq(busy | self.out_en)
+        with m.If(self.out_en & ~busy):  # the last write lands this cycle
+            m.d.sync += self.done.eq(1)
+        return m
+
+
+class ChannelAffine(wiring.Component):
+    """``out[r, j] = saturate32(round_shift(x[r, j] * scale[j], COEF_BITS) + offset[r, j])`` for ``rows`` rows of
+    width c (start / done), one element a cycle; bit-exact with ``numba_kernels.fixed_point.channel_affine``
+    (a BatchNorm folded at load: ``offset`` [c] the same for every row) and, with every scale ``2**COEF_BITS``,
+    with ``add_saturated`` (the positional embedding: ``offset`` [rows_max, c], one row per token).
+
+    Args:
+        scale: int32 [c] in Q.COEF_BITS. offset: int32 [c] or [rows_max, c], activation format (ROMs).
+        rows_max: the most rows.
+
+    Ports: ``start`` with ``rows``; ``x_addr`` / ``x_data`` (a synchronous read port), ``out_addr`` /
+    ``out_data`` / ``out_en`` (a write port; row r at ``r * c``).
+    """
+
+    def __init__(self, scale: np.ndarray, offset: np.ndarray, rows_max: int = 1) -> None:
+        scale, offset = np.asarray(scale, np.int64), np.asarray(offset, np.int64)
+        self.c = c = scale.shape[0]
+        self.rows_max = rows_max
+        self.per_row = offset.ndim == 2
+        if offset.shape[-1] != c or (self.per_row and offset.shape[0] < rows_max):
+            raise ValueError(f"offset {offset.shape} does not match scale [{c}] and {rows_max} rows")
+        self.scale = [int(v) for v in scale]
+        self.offset = [int(v) for v in offset[:rows_max].ravel()] if self.per_row else [int(v) for v in offset]
+        super().__init__(
+            {
+                "start": In(1),
+                "rows": In(range(1, rows_max + 1)),
+                "busy": Out(1),
+                "done": Out(1),
+                "x_addr": Out(_bits(rows_max * c)),
+                "x_data": In(signed(32)),
+                "out_addr": Out(_bits(rows_max * c)),
+                "out_data": Out(signed(32)),
+                "out_en": Out(1),
+            }
+        )
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        c = self.c
+        m.submodules.scale_rom = scale_rom = memory.Memory(shape=signed(32), depth=c, init=self.scale)
+        m.submodules.offset_rom = offset_rom = memory.Memory(shape=signed(32), depth=len(self.offset), init=self.offset)
+        scale_rd, offset_rd = scale_rom.read_port(), offset_rom.read_port()
+        count = Signal(range(self.rows_max * c + 1))
+        n = Signal.like(count)  # element index r*c + j
+        j = Signal(range(c + 1))
+        issuing = Signal()
+        m.d.comb += [self.x_addr.eq(n), scale_rd.addr.eq(j), offset_rd.addr.eq(n if self.per_row else j)]
+        with m.If(self.start & ~self.busy):
+            m.d.sync += [count.eq(const_multiply(self.rows, c)), n.eq(0), j.eq(0), issuing.eq(1)]
+        with m.Elif(issuing):
+            m.d.sync += [n.eq(n + 1), j.eq(j + 1)]
+            with m.If(j == c - 1):
+                m.d.sync += j.eq(0)
+            with m.If(n == count - 1):
+                m.d.sync += issuing.eq(0)
+        # read (1) -> operands (2) -> partials (3) -> product (4) -> sum (5) -> saturated write
+        valid = [Signal(name=f"av{i}") for i in range(6)]
+        index = [Signal.like(n, name=f"an{i}") for i in range(6)]
+        offs = [Signal(signed(32), name=f"ao{i}") for i in range(5)]
+        m.d.comb += [valid[0].eq(issuing), index[0].eq(n), offs[1].eq(offset_rd.data)]
+        for i in range(5):
+            m.d.sync += [valid[i + 1].eq(valid[i]), index[i + 1].eq(index[i])]
+            if 1 <= i < 4:
+                m.d.sync += offs[i + 1].eq(offs[i])
+        mul_a, mul_b = Signal(signed(32)), Signal(signed(32))
+        m.d.sync += [mul_a.eq(self.x_data), mul_b.eq(scale_rd.data)]
+        product = pipelined_multiply(m, mul_a, mul_b, name="affine")
+        total = Signal(signed(66 - COEF_BITS))
+        m.d.sync += [
+            total.eq(offs[4] + round_shift_const(product, COEF_BITS)),
             self.out_en.eq(valid[5]),
             self.out_addr.eq(index[5]),
             self.out_data.eq(saturate(total, 32)),

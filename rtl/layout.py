@@ -107,3 +107,97 @@ class LayerImage:
             scales=pack_words(scale_fields.reshape(-1, 1), scale_bits, "scale"),
             biases=pack_words(layer.bias_acc.astype(np.int64).reshape(-1, 1), fmt.bias_bits, "bias"),
         )
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One layer's row of a :class:`ModelImage`'s layer table: its shape and where its words start.
+
+    ``wide``: the codes are in the 8-bit code memory (Q8_0 / INT8), else in the 4-bit one (Q4_0)."""
+
+    name: str
+    n: int
+    k: int
+    block: int
+    wide: bool
+    code_base: int
+    scale_base: int
+    bias_base: int
+
+
+@dataclass
+class ModelImage:
+    """Several layers packed into one set of memories for one shared P-lane array: a 4-bit code memory and a
+    scale memory of 12-bit mantissas (the Q4_0 layers: "narrow"), an 8-bit code memory and a scale memory of
+    18-bit mantissas (Q8_0 / INT8: "wide"), one bias memory, each layer's words at its own base addresses in
+    its kind's memories, and the layer table a run-time-shaped sequencer reads
+    (:class:`rtl.linear.LinearSequencer`). ``fmt`` is the array's format: wide enough for every layer (8-bit
+    codes and 18-bit mantissas when any layer has them: a narrow code or mantissa is sign-extended on its way
+    into the array); biases take 36 bits when every one fits, else 48. ``scale_mant_bits`` is each scale
+    memory's mantissa width."""
+
+    lanes: int
+    fmt: MacFormat
+    entries: list[LayerEntry]
+    narrow_codes: list[int]
+    wide_codes: list[int]
+    narrow_scales: list[int]
+    wide_scales: list[int]
+    biases: list[int]
+    scale_mant_bits: dict[str, int]
+
+    def index(self, name: str) -> int:
+        """The layer table's row for layer ``name``."""
+        for i, entry in enumerate(self.entries):
+            if entry.name == name:
+                return i
+        raise KeyError(f"no layer {name!r} in this image (it holds {[e.name for e in self.entries]})")
+
+    @classmethod
+    def from_layers(cls, layers: dict[str, FixedLinear], lanes: int) -> ModelImage:
+        """Pack ``layers`` (name -> the reference's layer) for one array of ``lanes`` lanes."""
+        wide_any = any(layer.bits > 4 for layer in layers.values())
+        block_max = max(32, *(layer.block for layer in layers.values()))
+        bias_bits = 36 if all(np.abs(layer.bias_acc).max() < 2**35 for layer in layers.values()) else 48
+        mant = {"narrow": 12, "wide": 18}
+        fmt = MacFormat(
+            code_bits=8 if wide_any else 4,
+            block_max=block_max,
+            mant_bits=mant["wide"] if wide_any else mant["narrow"],
+            bias_bits=bias_bits,
+        )
+        entries: list[LayerEntry] = []
+        words: dict[str, list[int]] = {
+            key: [] for key in ("narrow_codes", "wide_codes", "narrow_scales", "wide_scales")
+        }
+        biases: list[int] = []
+        for name, layer in layers.items():
+            kind = "wide" if layer.bits > 4 else "narrow"
+            own = MacFormat(code_bits=layer.bits, block_max=block_max, mant_bits=mant[kind], bias_bits=bias_bits)
+            image = LayerImage.from_fixed(layer, lanes, own)
+            codes, scales = words[f"{kind}_codes"], words[f"{kind}_scales"]
+            entries.append(
+                LayerEntry(name, image.n, image.k, image.block, kind == "wide", len(codes), len(scales), len(biases))
+            )
+            codes += image.codes
+            scales += image.scales
+            biases += image.biases
+        return cls(lanes, fmt, entries, **words, biases=biases, scale_mant_bits=mant)
+
+    @classmethod
+    def single(cls, image: LayerImage, name: str = "layer") -> ModelImage:
+        """One :class:`LayerImage` as a one-row table (its codes and scales at the image's own widths)."""
+        wide = image.fmt.code_bits > 4
+        entry = LayerEntry(name, image.n, image.k, image.block, wide, 0, 0, 0)
+        codes, scales = list(image.codes), list(image.scales)
+        return cls(
+            image.lanes,
+            image.fmt,
+            [entry],
+            narrow_codes=[] if wide else codes,
+            wide_codes=codes if wide else [],
+            narrow_scales=[] if wide else scales,
+            wide_scales=scales if wide else [],
+            biases=image.biases,
+            scale_mant_bits={"narrow": image.fmt.mant_bits, "wide": image.fmt.mant_bits},
+        )

@@ -18,11 +18,12 @@ from numba_kernels.fixed_point import FixedLinear
 from rtl.activation import LutActivation
 from rtl.attention import Attention
 from rtl.block import PHASES, AdaLNBlock
-from rtl.elementwise import GatedAdd
+from rtl.elementwise import ChannelAffine, GatedAdd
 from rtl.layernorm import LayerNorm
 from rtl.layout import LayerImage
 from rtl.linear import LinearLayer
 from rtl.mac import MacArray, MacFormat, MacLane
+from rtl.predictor import Predictor
 from rtl.softmax import ExpNeg, Softmax
 
 CLOCK_PERIOD = 1e-8
@@ -176,19 +177,30 @@ def run_mac_array(layer: FixedLinear, x: np.ndarray, lanes: int, seed: int | Non
 def run_linear(layer: FixedLinear, x: np.ndarray, lanes: int) -> Run:
     """``layer`` on int32 x [rows, K] by :class:`LinearLayer` (sequencer + array + memories) -> [rows, N]."""
     x = np.atleast_2d(np.asarray(x))
-    rows, n = x.shape[0], layer.out_features
-    dut = LinearLayer(LayerImage.from_fixed(layer, lanes), rows_max=rows)
-    res: dict = {}
+    runs = run_layer_table(LinearLayer(LayerImage.from_fixed(layer, lanes), rows_max=x.shape[0]), [(0, x)])
+    return runs[0]
+
+
+def run_layer_table(dut: LinearLayer, calls: list[tuple[int, np.ndarray]]) -> list[Run]:
+    """Several runs of one :class:`LinearLayer` in one simulation, each ``(table row, int32 x [rows, K])``: the
+    layer's shape and weights are picked at each start. -> one :class:`Run` per call ([rows, N])."""
+    results: list[Run] = []
 
     async def tb(ctx):
-        for i, v in enumerate(x.ravel()):
-            ctx.set(dut.x_mem.data[i], int(v))
-        ctx.set(dut.rows, rows)
-        res["cycles"] = await _until_done(ctx, dut)
-        res["out"] = np.array([ctx.get(dut.y_mem.data[i]) for i in range(rows * n)], np.int64).reshape(rows, n)
+        for index, x in calls:
+            x = np.atleast_2d(np.asarray(x))
+            rows, n = x.shape[0], dut.image.entries[index].n
+            for i, v in enumerate(x.ravel()):
+                ctx.set(dut.x_mem.data[i], int(v))
+            ctx.set(dut.rows, rows)
+            ctx.set(dut.layer, index)
+            cycles = await _until_done(ctx, dut)
+            out = np.array([ctx.get(dut.y_mem.data[i]) for i in range(rows * n)], np.int64).reshape(rows, n)
+            results.append(Run(out.astype(np.int32), cycles))
+            await ctx.tick()
 
     _simulate(dut, tb)
-    return Run(res["out"].astype(np.int32), res["cycles"])
+    return results
 
 
 # ---------------------------------------------------------------- LayerNorm
@@ -379,3 +391,50 @@ def run_gated_add(x: np.ndarray, gate: np.ndarray, y: np.ndarray, frac: int = 16
 
     _simulate(top, tb)
     return Run(out.reshape(rows, d).astype(np.int32), res["cycles"])
+
+
+def run_channel_affine(x: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> Run:
+    """:class:`ChannelAffine` on int32 x [R, C] with scale [C] (Q.COEF_BITS) and offset [C] or [R, C] -> [R, C]."""
+    x = np.asarray(x, np.int32)
+    rows, c = x.shape
+    top = Module()
+    top.submodules.dut = dut = ChannelAffine(scale, offset, rows_max=rows)
+    _rom_port(top, "x_mem", x.ravel(), dut.x_addr, dut.x_data)
+    out = np.zeros(rows * c, np.int64)
+    res: dict = {}
+
+    def collect(ctx):
+        if ctx.get(dut.out_en):
+            out[ctx.get(dut.out_addr)] = ctx.get(dut.out_data)
+
+    async def tb(ctx):
+        ctx.set(dut.rows, rows)
+        res["cycles"] = await _until_done(ctx, dut, collect)
+
+    _simulate(top, tb)
+    return Run(out.reshape(rows, c).astype(np.int32), res["cycles"])
+
+
+# ---------------------------------------------------------------- the whole predictor
+def run_predictor(pred: Predictor, z_q: np.ndarray, a_q: np.ndarray) -> tuple[Run, dict[str, int]]:
+    """:class:`~rtl.predictor.Predictor` on one window (int32 z [T, D], a [T, A]) -> (int32 [D], cycles per step)."""
+    z_q, a_q = np.asarray(z_q, np.int32), np.asarray(a_q, np.int32)
+    tokens = z_q.shape[0]
+    res: dict = {}
+    phases: dict[str, int] = {}
+
+    def count(ctx):
+        name = pred.phases[ctx.get(pred.phase)]
+        phases[name] = phases.get(name, 0) + 1
+
+    async def tb(ctx):
+        for mem, values in ((pred.z_mem, z_q), (pred.a_mem, a_q)):
+            for i, v in enumerate(values.ravel()):
+                ctx.set(mem.data[i], int(v))
+        ctx.set(pred.tokens, tokens)
+        res["cycles"] = await _until_done(ctx, pred, count)
+        width = pred.widths["out"]
+        res["out"] = np.array([ctx.get(pred.out_mem.data[i]) for i in range(width)], np.int64)
+
+    _simulate(pred, tb)
+    return Run(res["out"].astype(np.int32), res["cycles"]), phases

@@ -193,6 +193,42 @@ def test_shipped_layer_from_bram_is_bit_exact_with_the_predictor(fpga, captured,
     assert np.array_equal(run.out, y)
 
 
+def test_one_engine_runs_a_table_of_q4_q8_and_int8_layers(fpga):
+    """A :class:`ModelImage` of Q4_0, INT8 and Q8_0 layers of different shapes sharing one engine, started in
+    turn and back again: each start takes its layer's shape and weights from the table, bit for bit."""
+    from rtl.layout import ModelImage
+    from rtl.linear import LinearLayer
+
+    rng = np.random.default_rng(21)
+    q8_codes = rng.integers(-128, 128, (16, 64))
+    q8 = fx.FixedLinear.from_codes(
+        "q8_0", q8_codes, rng.integers(1024, 2048, (16, 2)), rng.integers(-28, -20, (16, 2)), rng.normal(size=16), F, 8
+    )
+    layers = {
+        "q4a": q4_layer(rng, 32, 64, bias_scale=10.0),
+        "int8": fpga.layers["predictor.action_encoder.conv"],
+        "q4b": q4_layer(rng, 16, 96),
+        "q8": q8,
+    }
+    image = ModelImage.from_layers(layers, lanes=8)
+    assert [e.wide for e in image.entries] == [False, True, False, True]
+    names = list(layers)
+    calls = []
+    for name, rows in (("q4a", 2), ("int8", 3), ("q4b", 1), ("q8", 3), ("q4a", 3)):
+        k = layers[name].in_features
+        calls.append((names.index(name), rng.integers(-(2**24), 2**24, (rows, k)).astype(np.int32)))
+    runs = sim.run_layer_table(LinearLayer(image, rows_max=3), calls)
+    for (index, x), run in zip(calls, runs, strict=True):
+        assert np.array_equal(run.out, layers[names[index]](x)), names[index]
+
+
+def test_model_image_refuses_a_layer_that_does_not_split_into_lanes():
+    from rtl.layout import ModelImage
+
+    with pytest.raises(ValueError, match="groups of 16"):
+        ModelImage.from_layers({"odd": q4_layer(np.random.default_rng(0), 24, 32)}, lanes=16)
+
+
 # ---------------------------------------------------------------- LayerNorm
 def test_layer_norm_matches_on_random_rows_and_edges():
     rng = np.random.default_rng(7)
@@ -327,6 +363,25 @@ def test_gated_add_matches_and_saturates():
     assert np.array_equal(sim.run_gated_add(x, gate, y, F).out, expected)
 
 
+def test_channel_affine_matches_batchnorm_and_the_positional_add():
+    """The folded BatchNorm (``channel_affine``: per-channel scale and offset) with ties, negative scales and
+    saturation both ways; and the positional embedding's saturating add (scale 1.0, an offset per row)."""
+    rng = np.random.default_rng(22)
+    x = rng.integers(I32_MIN, I32_MAX, (2, 16)).astype(np.int32)
+    scale = rng.integers(-(2**21), 2**21, 16).astype(np.int32)
+    offset = rng.integers(-(2**20), 2**20, 16).astype(np.int32)
+    x[0, :2], scale[:2] = I32_MAX, 2**21  # x * 2 saturates high
+    x[1, :2] = I32_MIN  # and low
+    x[0, 2:4], scale[2:4], offset[2:4] = np.array([1, -1]), 2**19, 0  # ties: +0.5 -> 1, -0.5 -> 0
+    expected = fx.channel_affine_int(x, scale, offset)
+    assert expected[0, 0] == I32_MAX and expected[1, 0] == I32_MIN and list(expected[0, 2:4]) == [1, 0]
+    assert np.array_equal(sim.run_channel_affine(x, scale, offset).out, expected)
+    pos = rng.integers(-(2**20), 2**20, (2, 16)).astype(np.int32)
+    x[1, 5], pos[1, 5] = I32_MAX, 2**20
+    one = np.full(16, 2**fx.COEF_BITS, np.int32)
+    assert np.array_equal(sim.run_channel_affine(x, one, pos).out, fx.add_saturated(x, pos))
+
+
 def _small_block(rng: np.random.Generator, d: int = 32, hidden: int = 64) -> dict[str, fx.FixedLinear]:
     shapes = {"qkv": (3 * d, d), "proj": (d, d), "mlp0": (hidden, d), "mlp2": (d, hidden)}
     return {name: q4_layer(rng, n, k, exp_range=(-16, -12), bias_scale=0.1) for name, (n, k) in shapes.items()}
@@ -385,6 +440,66 @@ def test_shipped_adaln_block_is_bit_exact_with_the_predictor(fpga, captured, ind
     block = AdaLNBlock(layers, fpga.config.predictor_heads, fpga.config.history, last=last, lanes=16)
     run, _ = sim.run_block(block, x_in, mod)
     assert np.array_equal(run.out, x_out)
+
+
+# ---------------------------------------------------------------- the whole predictor
+@pytest.fixture(scope="module")
+def windows(fpga):
+    """Real windows of 1, 2 and 3 tokens (a fresh weak-expert episode) and the reference's next latents."""
+    from rtl.model import real_windows
+
+    z_q, a_q = real_windows(fpga, steps=20)
+    wins = [(z_q[0, -1:], a_q[0, -1:]), (z_q[1, -2:], a_q[1, -2:]), (z_q[-1], a_q[-1])]
+    return wins, [fpga.predict_fixed(z[None], a[None])[0] for z, a in wins]
+
+
+@pytest.fixture(scope="module")
+def predictor_one_token(fpga, windows):
+    """The whole predictor in Amaranth's simulator on the one-token window (~25 s)."""
+    from rtl.predictor import Predictor
+
+    (z, a), expected = windows[0][0], windows[1][0]
+    run, phases = sim.run_predictor(Predictor(fpga, lanes=16), z, a)
+    return run, phases, expected
+
+
+def test_whole_predictor_is_bit_exact_with_predict_fixed(fpga, predictor_one_token):
+    """One design (one shared 16-lane engine for all 21 layers, one of each other unit, a controller) from a
+    window of latents and actions to the next latent, bit for bit with FixedPointPredictor.predict_fixed; every
+    step of the program ran, and the cycles are the steps' sum."""
+    from rtl.predictor import program
+
+    run, phases, expected = predictor_one_token
+    assert np.array_equal(run.out, expected)
+    assert list(phases) == [s.name for s in program(fpga.config.predictor_depth)]
+    assert run.cycles == sum(phases.values()) + 1  # + the start cycle
+
+
+@pytest.mark.slow
+def test_whole_predictor_on_a_full_window(fpga, windows):
+    """The three-token window (the shipped history) in Amaranth's simulator (~60 s)."""
+    from rtl.predictor import Predictor
+
+    (z, a), expected = windows[0][2], windows[1][2]
+    run, _ = sim.run_predictor(Predictor(fpga, lanes=16), z, a)
+    assert np.array_equal(run.out, expected)
+
+
+def test_whole_predictor_as_verilog_in_verilator(fpga, windows, predictor_one_token, tmp_path):
+    """The exported Verilog of the whole predictor, built by Verilator and run on windows of 1, 2 and 3 tokens
+    (~45 s): the same latents as the reference, bit for bit, and the same cycles as Amaranth's simulation."""
+    from tests.toolchains import require_tools
+
+    require_tools("verilator")
+    from rtl import verilog
+    from rtl.predictor import Predictor
+
+    wins, expected = windows
+    run = verilog.simulate(Predictor(fpga, lanes=16), wins, workdir=tmp_path)
+    for got, want in zip(run.out, expected, strict=True):
+        assert np.array_equal(got, want)
+    assert run.cycles[0] == predictor_one_token[0].cycles
+    assert run.cycles[0] < run.cycles[1] < run.cycles[2]
 
 
 # ---------------------------------------------------------------- budget and synthesis
