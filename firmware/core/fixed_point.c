@@ -10,6 +10,7 @@
 #include "fixed_tables.h"
 #include "json.h"
 #include "kernels.h"
+#include "window.h"
 
 #define F LW_FRAC_BITS
 #define ACC_GUARD LW_FX_ACC_GUARD_BITS
@@ -591,12 +592,6 @@ static void fx_predict_tokens(const lw_lq40 *q, fx_bufs *b, uint32_t r, uint32_t
     fx_linear(&q->pred_proj.l3, b->ph, r, b->lat, &b->row);
 }
 
-/* The last h steps of rows [b0, b0 + r) of x [B, T, width] -> dst [r * h, width]. */
-static void gather(const int32_t *x, uint32_t T, uint32_t width, uint32_t b0, uint32_t r, uint32_t h, int32_t *dst) {
-    for (uint32_t i = 0; i < r; i++)
-        memcpy(dst + (size_t)i * h * width, x + ((size_t)(b0 + i) * T + (T - h)) * width, (size_t)h * width * sizeof *dst);
-}
-
 /* Token features of rows' histories into the window: tokens [r*h] -> win [r][stride][d], j < h. */
 static void fill_window(const lw_lq40 *q, fx_bufs *b, uint32_t r, uint32_t h, uint32_t stride) {
     uint32_t d = q->cfg.predictor_dim;
@@ -650,8 +645,8 @@ lw_status lw_fixed_predict(const lw_model *m, lw_arena *arena, const int32_t *z_
     fx_constants(q, &b);
     for (uint32_t b0 = 0; b0 < B; b0 += chunk) {
         uint32_t r = B - b0 < chunk ? B - b0 : chunk;
-        gather(z_hist, T, c->latent_dim, b0, r, h, b.zq);
-        gather(a_hist, T, c->action_dim, b0, r, h, b.aq);
+        lw_gather_last(z_hist, T, c->latent_dim, b0, r, h, b.zq, sizeof *b.zq);
+        lw_gather_last(a_hist, T, c->action_dim, b0, r, h, b.aq, sizeof *b.aq);
         fill_window(q, &b, r, h, c->history);
         fx_predict_tokens(q, &b, r, h, c->history);
         memcpy(out + (size_t)b0 * c->latent_dim, b.lat, (size_t)r * c->latent_dim * sizeof *out);
@@ -682,8 +677,8 @@ lw_status lw_fixed_rollout(const lw_model *m, lw_arena *arena, const int32_t *z_
     fx_constants(q, &b);
     for (uint32_t b0 = 0; b0 < B; b0 += chunk) {
         uint32_t r = B - b0 < chunk ? B - b0 : chunk;
-        gather(z_hist, T, D, b0, r, h, b.zq);
-        gather(a_hist, T, A, b0, r, h, b.aq);
+        lw_gather_last(z_hist, T, D, b0, r, h, b.zq, sizeof *b.zq);
+        lw_gather_last(a_hist, T, A, b0, r, h, b.aq, sizeof *b.aq);
         fill_window(q, &b, r, h, hist);
         uint32_t t = h;
         for (uint32_t k = 0; k < H; k++) {
@@ -695,18 +690,7 @@ lw_status lw_fixed_rollout(const lw_model *m, lw_arena *arena, const int32_t *z_
             if (k + 1 == H) break; /* the last prediction's token is never read */
             /* the predicted latent and a_future[:, k] become the window's newest token */
             fx_tokens(q, &b, r, b.lat, b.aq, b.x, b.condc);
-            if (t == hist) { /* slide: drop the oldest token */
-                for (uint32_t i = 0; i < r; i++) {
-                    memmove(b.win_in + (size_t)i * hist * d, b.win_in + ((size_t)i * hist + 1) * d, (size_t)(hist - 1) * d * sizeof *b.x);
-                    memmove(b.win_cond + (size_t)i * hist * d, b.win_cond + ((size_t)i * hist + 1) * d, (size_t)(hist - 1) * d * sizeof *b.x);
-                }
-                t--;
-            }
-            for (uint32_t i = 0; i < r; i++) {
-                memcpy(b.win_in + ((size_t)i * hist + t) * d, b.x + (size_t)i * d, d * sizeof *b.x);
-                memcpy(b.win_cond + ((size_t)i * hist + t) * d, b.condc + (size_t)i * d, d * sizeof *b.x);
-            }
-            t++;
+            t = lw_window_push(b.win_in, b.win_cond, b.x, b.condc, r, hist, d, t, sizeof *b.x);
         }
     }
     arena->used = entry_used;

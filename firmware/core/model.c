@@ -10,6 +10,7 @@
 #include "fixed_point.h"
 #include "json.h"
 #include "kernels.h"
+#include "window.h"
 #include "lq40.h"
 #include "lw_model.h"
 
@@ -166,11 +167,6 @@ static void pr_predict_tokens(const lw_lq40 *q, pr_bufs *b, uint32_t r, uint32_t
     lw_linear_forward(&p->l3, b->ph, r, b->lat, b->wrow, LW_ACT_NONE);
 }
 
-static void gather(const float *x, uint32_t T, uint32_t width, uint32_t b0, uint32_t r, uint32_t h, float *dst) {
-    for (uint32_t i = 0; i < r; i++)
-        memcpy(dst + (size_t)i * h * width, x + ((size_t)(b0 + i) * T + (T - h)) * width, (size_t)h * width * sizeof *dst);
-}
-
 static void fill_window(const lw_lq40 *q, pr_bufs *b, uint32_t r, uint32_t h, uint32_t stride) {
     uint32_t d = q->cfg.predictor_dim;
     pr_tokens(q, b, r * h, b->zg, b->ag, b->x, b->condc);
@@ -232,8 +228,8 @@ lw_status lw_model_predict(const lw_model *m, lw_arena *arena, const float *z_hi
     pr_alloc(arena, c, chunk, c->history, &b);
     for (uint32_t b0 = 0; b0 < B; b0 += chunk) {
         uint32_t r = B - b0 < chunk ? B - b0 : chunk;
-        gather(z_hist, T, c->latent_dim, b0, r, h, b.zg);
-        gather(a_hist, T, c->action_dim, b0, r, h, b.ag);
+        lw_gather_last(z_hist, T, c->latent_dim, b0, r, h, b.zg, sizeof *b.zg);
+        lw_gather_last(a_hist, T, c->action_dim, b0, r, h, b.ag, sizeof *b.ag);
         fill_window(q, &b, r, h, h);
         pr_predict_tokens(q, &b, r, h, h);
         memcpy(out + (size_t)b0 * c->latent_dim, b.lat, (size_t)r * c->latent_dim * sizeof *out);
@@ -267,8 +263,8 @@ lw_status lw_model_rollout(const lw_model *m, lw_arena *arena, const float *z_hi
      * `history` latents; each token's features are computed once, as it enters the window. */
     for (uint32_t b0 = 0; b0 < B; b0 += chunk) {
         uint32_t r = B - b0 < chunk ? B - b0 : chunk;
-        gather(z_hist, T, D, b0, r, h, b.zg);
-        gather(a_hist, T, A, b0, r, h, b.ag);
+        lw_gather_last(z_hist, T, D, b0, r, h, b.zg, sizeof *b.zg);
+        lw_gather_last(a_hist, T, A, b0, r, h, b.ag, sizeof *b.ag);
         fill_window(q, &b, r, h, hist);
         uint32_t t = h;
         for (uint32_t k = 0; k < H; k++) {
@@ -279,18 +275,7 @@ lw_status lw_model_rollout(const lw_model *m, lw_arena *arena, const float *z_hi
             }
             if (k + 1 == H) break;
             pr_tokens(q, &b, r, b.lat, b.ag, b.x, b.condc);
-            if (t == hist) {
-                for (uint32_t i = 0; i < r; i++) {
-                    memmove(b.win_in + (size_t)i * hist * d, b.win_in + ((size_t)i * hist + 1) * d, (size_t)(hist - 1) * d * sizeof *b.x);
-                    memmove(b.win_cond + (size_t)i * hist * d, b.win_cond + ((size_t)i * hist + 1) * d, (size_t)(hist - 1) * d * sizeof *b.x);
-                }
-                t--;
-            }
-            for (uint32_t i = 0; i < r; i++) {
-                memcpy(b.win_in + ((size_t)i * hist + t) * d, b.x + (size_t)i * d, d * sizeof *b.x);
-                memcpy(b.win_cond + ((size_t)i * hist + t) * d, b.condc + (size_t)i * d, d * sizeof *b.x);
-            }
-            t++;
+            t = lw_window_push(b.win_in, b.win_cond, b.x, b.condc, r, hist, d, t, sizeof *b.x);
         }
     }
     arena->used = entry_used;
