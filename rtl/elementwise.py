@@ -18,6 +18,39 @@ def _bits(n: int) -> int:
     return max(1, (n - 1).bit_length())
 
 
+def multiply_add_write(m: Module, unit, issuing, n, addend, a, b, shift: int, name: str) -> None:
+    """The shared pipeline of the elementwise units: for the element ``n`` issued this cycle (``issuing``),
+    whose operands ``addend``, ``a``, ``b`` arrive one cycle later (synchronous reads), write
+    ``saturate32(addend + round_shift(a * b, shift))`` at ``n`` through ``unit.out_*``, and drive ``unit.busy``
+    and ``unit.done`` (one pulse after the last write). Stages: read (1) -> operands (2) -> partials (3) ->
+    product (4) -> sum (5) -> saturated write; one element a cycle."""
+    valid = [Signal(name=f"{name}_v{i}") for i in range(6)]
+    index = [Signal.like(n, name=f"{name}_n{i}") for i in range(6)]
+    adds = [Signal(signed(32), name=f"{name}_c{i}") for i in range(5)]
+    m.d.comb += [valid[0].eq(issuing), index[0].eq(n), adds[1].eq(addend)]
+    for i in range(5):
+        m.d.sync += [valid[i + 1].eq(valid[i]), index[i + 1].eq(index[i])]
+        if 1 <= i < 4:
+            m.d.sync += adds[i + 1].eq(adds[i])
+    mul_a, mul_b = Signal(signed(32), name=f"{name}_a"), Signal(signed(32), name=f"{name}_b")
+    m.d.sync += [mul_a.eq(a), mul_b.eq(b)]
+    product = pipelined_multiply(m, mul_a, mul_b, name=name)
+    total = Signal(signed(66 - shift), name=f"{name}_total")  # |a * b| <= 2**62
+    m.d.sync += [
+        total.eq(adds[4] + round_shift_const(product, shift)),
+        unit.out_en.eq(valid[5]),
+        unit.out_addr.eq(index[5]),
+        unit.out_data.eq(saturate(total, 32)),
+        unit.done.eq(0),
+    ]
+    busy = issuing
+    for v in valid[1:]:
+        busy = busy | v
+    m.d.comb += unit.busy.eq(busy | unit.out_en)
+    with m.If(unit.out_en & ~busy):  # the last write lands this cycle
+        m.d.sync += unit.done.eq(1)
+
+
 class GatedAdd(wiring.Component):
     """``out[r, j] = saturate32(x[x_row0 + r, j] + round_shift(gate[m_row0 + r, j] * y[r, j], F))`` for ``rows``
     rows of width d (start / done), one element a cycle.
@@ -76,32 +109,7 @@ class GatedAdd(wiring.Component):
                 m.d.sync += [j.eq(0), x_base.eq(x_base + d), g_base.eq(g_base + self.chunks * d)]
             with m.If(n == count - 1):
                 m.d.sync += issuing.eq(0)
-        # read (1) -> operands (2) -> partials (3) -> product (4) -> sum (5) -> saturated write
-        valid = [Signal(name=f"gv{i}") for i in range(6)]
-        index = [Signal.like(n, name=f"gn{i}") for i in range(6)]
-        xs = [Signal(signed(32), name=f"gx{i}") for i in range(5)]
-        m.d.comb += [valid[0].eq(issuing), index[0].eq(n), xs[1].eq(self.x_data)]
-        for i in range(5):
-            m.d.sync += [valid[i + 1].eq(valid[i]), index[i + 1].eq(index[i])]
-            if 1 <= i < 4:
-                m.d.sync += xs[i + 1].eq(xs[i])
-        mul_a, mul_b = Signal(signed(32)), Signal(signed(32))
-        m.d.sync += [mul_a.eq(self.g_data), mul_b.eq(self.y_data)]
-        product = pipelined_multiply(m, mul_a, mul_b, name="gate")
-        total = Signal(signed(66 - self.frac))  # x + round(gate * y * 2**-F): |gate * y| <= 2**62
-        m.d.sync += [
-            total.eq(xs[4] + round_shift_const(product, self.frac)),
-            self.out_en.eq(valid[5]),
-            self.out_addr.eq(index[5]),
-            self.out_data.eq(saturate(total, 32)),
-            self.done.eq(0),
-        ]
-        busy = issuing
-        for v in valid[1:]:
-            busy = busy | v
-        m.d.comb += self.busy.eq(busy | self.out_en)
-        with m.If(self.out_en & ~busy):  # the last write lands this cycle
-            m.d.sync += self.done.eq(1)
+        multiply_add_write(m, self, issuing, n, self.x_data, self.g_data, self.y_data, self.frac, "gate")
         return m
 
 
@@ -161,32 +169,7 @@ class ChannelAffine(wiring.Component):
                 m.d.sync += j.eq(0)
             with m.If(n == count - 1):
                 m.d.sync += issuing.eq(0)
-        # read (1) -> operands (2) -> partials (3) -> product (4) -> sum (5) -> saturated write
-        valid = [Signal(name=f"av{i}") for i in range(6)]
-        index = [Signal.like(n, name=f"an{i}") for i in range(6)]
-        offs = [Signal(signed(32), name=f"ao{i}") for i in range(5)]
-        m.d.comb += [valid[0].eq(issuing), index[0].eq(n), offs[1].eq(offset_rd.data)]
-        for i in range(5):
-            m.d.sync += [valid[i + 1].eq(valid[i]), index[i + 1].eq(index[i])]
-            if 1 <= i < 4:
-                m.d.sync += offs[i + 1].eq(offs[i])
-        mul_a, mul_b = Signal(signed(32)), Signal(signed(32))
-        m.d.sync += [mul_a.eq(self.x_data), mul_b.eq(scale_rd.data)]
-        product = pipelined_multiply(m, mul_a, mul_b, name="affine")
-        total = Signal(signed(66 - COEF_BITS))
-        m.d.sync += [
-            total.eq(offs[4] + round_shift_const(product, COEF_BITS)),
-            self.out_en.eq(valid[5]),
-            self.out_addr.eq(index[5]),
-            self.out_data.eq(saturate(total, 32)),
-            self.done.eq(0),
-        ]
-        busy = issuing
-        for v in valid[1:]:
-            busy = busy | v
-        m.d.comb += self.busy.eq(busy | self.out_en)
-        with m.If(self.out_en & ~busy):  # the last write lands this cycle
-            m.d.sync += self.done.eq(1)
+        multiply_add_write(m, self, issuing, n, offset_rd.data, self.x_data, scale_rd.data, COEF_BITS, "affine")
         return m
 
 
