@@ -378,6 +378,28 @@ def test_a_signal_inside_an_uninterrupted_block_waits_for_its_end():
     assert len(done) == 1000
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_whose_exception_a_callback_swallowed_raises_at_the_next_check():
+    """A handler that runs inside ``__del__`` (or a ctypes callback: numba's compiler) raises into a frame
+    whose exceptions Python ignores; the loops' ``check_interrupt`` raises the signal again."""
+    from world_models.signals import check_interrupt
+
+    class SignalsWhileDeleted:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs in here; its Terminated is printed and dropped
+                pass
+
+    went_on = []
+    with pytest.raises(Terminated), sigterm_as_ctrl_c():
+        SignalsWhileDeleted()
+        went_on.append(True)  # the lost exception did not stop this line
+        check_interrupt()
+        went_on.append("after the check")  # never reached
+    assert went_on == [True]
+    check_interrupt()  # outside the block nothing is pending: no raise
+
+
 def interrupt_memory_run(out: Path, monkeypatch, at_call: int, resume: bool = False) -> dict:
     """A memory-model run stopped by Ctrl-C in its ``at_call``-th step (after the step drew its windows)."""
     real, calls = memory_module.phase_step, {"n": 0}

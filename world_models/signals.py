@@ -36,6 +36,7 @@ class _Signals:
 
     depth = 0  # nesting of uninterrupted() blocks
     pending: int | None = None  # a signal that came inside one
+    raised: int | None = None  # a signal whose exception was raised (and may have been swallowed)
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:
@@ -48,7 +49,18 @@ def _on_signal(signum: int, frame: Any) -> None:
     if _Signals.depth:
         _Signals.pending = signum
         return
+    _Signals.raised = signum
     raise _interrupt(signum)
+
+
+def check_interrupt() -> None:
+    """Raise again a signal whose exception was lost. Python runs a handler in whatever frame is current;
+    when that is a ctypes callback (numba's compiler calls back into Python while it compiles), a
+    ``__del__`` or a weakref callback, the exception is printed as "Exception ignored" and the program
+    goes on as if no signal had come. The long loops call this at their safe points (after each episode
+    collected), so such a signal still stops them."""
+    if _Signals.raised is not None:
+        raise _interrupt(_Signals.raised)
 
 
 @contextlib.contextmanager
@@ -69,7 +81,7 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        _Signals.pending = None
+        _Signals.pending = _Signals.raised = None
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ from leworld_env.sim.pusht_sim import ACTION_SPACE, HIDDEN_PHYSICS_FIELDS, HIDDE
 from world_models.data.dataset import DATA_SUBDIR, METADATA_KEY, is_leworld_dataset
 from world_models.errors import LeWorldError
 from world_models.outputs import check_output_folder, marker_kind, removed_if_failed, write_marker
-from world_models.signals import die_with_parent, sigterm_as_ctrl_c
+from world_models.signals import check_interrupt, die_with_parent, sigterm_as_ctrl_c
 
 WRITE_CHUNK = 8  # episodes per HDF5 append
 MAX_EPISODES = 1_000_000  # per dataset: already ~3.7 TB of raw 64 px frames at 300 steps an episode
@@ -334,6 +334,7 @@ def write_episodes(storage: Any, config: CollectConfig, workers: int, progress: 
     chunk: list = []
     bar = tqdm(total=config.episodes, desc=f"collecting {config.policy}", unit="ep", disable=not progress)
     for episode in iterate_episodes(config, workers):
+        check_interrupt()  # a SIGTERM whose exception a callback swallowed (numba compiling) still stops us
         chunk.append(EpisodeBuffer(**episode))
         if len(chunk) == WRITE_CHUNK:
             storage.update_episodes(chunk)

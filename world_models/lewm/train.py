@@ -47,7 +47,7 @@ from world_models.lewm.folder import save_model
 from world_models.lewm.model import LeWM, count_parameters, init_weights, local_statistics, recalibrate_batchnorm
 from world_models.lewm.probe import apply_ridge, fit_dataset_probe, fit_ridge
 from world_models.pose import state_to_targets
-from world_models.signals import sigterm_as_ctrl_c, uninterrupted
+from world_models.signals import check_interrupt, sigterm_as_ctrl_c, uninterrupted
 from world_models.training import (
     CHECKPOINT,
     check_finite,
@@ -390,6 +390,7 @@ def run_steps(run: Run, module: torch.nn.Module, part: slice, cfg: TrainConfig, 
     leader = run.writer is not None  # process 0
     tick, clips_done = time.perf_counter(), 0
     while run.step < cfg.steps:
+        check_interrupt()  # a signal whose exception a callback swallowed still stops the run here
         lr = lr_at(run.step, cfg)
         out_step, grad_norm = optimize(run, module, part, lr, cfg)
         with uninterrupted():  # a checkpoint never holds half a step
