@@ -78,18 +78,6 @@ def layer_norm_eps_rom(d: int, frac: int) -> list[int]:
     return [round_shift(eps_q, 40 - 2 * frac + 2 * k) for k in range(lo, hi + 1)]
 
 
-def layer_norm_reference(
-    x: np.ndarray,
-    frac: int,
-    weight: np.ndarray | None = None,
-    bias: np.ndarray | None = None,
-    shift: np.ndarray | None = None,
-    scale: np.ndarray | None = None,
-) -> np.ndarray:
-    """``layer_norm_int`` of int32 x [R, D]."""
-    return fx.layer_norm_int(x, frac, weight=weight, bias=bias, shift=shift, scale=scale)
-
-
 def inv_sqrt_reference(a: int) -> tuple[int, int]:
     """The reference's ``inv_sqrt`` of an int64 a >= 1: ``(r, s)``."""
     r, s = fx._inv_sqrt_py(np.int64(a), fx.ISQRT_SEEDS)
