@@ -418,7 +418,8 @@ def log_evaluation(result: EvaluationResult, logdir: Path, frames: list[np.ndarr
 
 
 def load_agent(name: str, world_model: Any, seed: int = 0, trust_pickle: bool = False, **planner_kwargs: Any) -> Any:
-    """An agent by name: ``cem``, ``icem``, ``mppi``, ``random``, an agent folder (``leworld train-agent``'s
+    """An agent by name: ``cem``, ``icem``, ``mppi``, ``random``, ``distilled`` (the distilled planner beside
+    the model, :mod:`agents.distill`) or a distilled planner's folder, an agent folder (``leworld train-agent``'s
     ``OUT/model``, ``OUT/best`` or a checkpoint; also its ``agent.json`` or ``policy.safetensors``), or,
     only with ``trust_pickle``, a stable-baselines3 ``.zip`` (PPO or SAC).
 
@@ -429,6 +430,7 @@ def load_agent(name: str, world_model: Any, seed: int = 0, trust_pickle: bool = 
         LeWorldError: an unknown name, a file that is not an agent, an agent trained for other
             observations than ``world_model`` gives, or a ``.zip`` without ``trust_pickle``.
     """
+    from agents.distill import DISTILLED_NAME, is_distilled_folder
     from agents.planning import PLANNERS, RandomAgent, make_planner
     from agents.policy_files import agent_folder, load_policy
 
@@ -437,6 +439,9 @@ def load_agent(name: str, world_model: Any, seed: int = 0, trust_pickle: bool = 
     if name == "random":
         return RandomAgent(seed=seed)
     path = Path(name)
+    if name == DISTILLED_NAME or is_distilled_folder(path):
+        where = shipped_distilled_for(world_model) if name == DISTILLED_NAME else path
+        return _distilled(where, world_model, planner_kwargs)
     if agent_folder(path) is not None:
         agent = load_policy(path)
         check_agent_fits(agent, world_model)
@@ -457,6 +462,45 @@ def load_agent(name: str, world_model: Any, seed: int = 0, trust_pickle: bool = 
         f"unknown agent {name!r}; choose one of: {', '.join(PLANNERS)}, random, an agent folder "
         "(leworld train-agent's OUT/model), or an SB3 PATH.zip with --trust-pickle"
     )
+
+
+def shipped_distilled_for(world_model: Any) -> Path:
+    """The distilled planner beside ``world_model``'s folder (``MODEL/distilled``; the default model's
+    when the model came from no folder).
+
+    Raises:
+        LeWorldError: when there is none there, saying how to make one.
+    """
+    from agents.distill import DISTILLED_NAME, is_distilled_folder, shipped_distilled
+    from leworld_env.envs.task import model_folder
+
+    folder = model_folder(world_model)
+    candidate = folder / DISTILLED_NAME if folder is not None else shipped_distilled()
+    if not is_distilled_folder(candidate):
+        raise LeWorldError(
+            f"no distilled planner beside this model (expected {candidate}); make one with leworld train-agent "
+            f"--algo distill --model {folder or 'MODEL'} --out RUN and pass --agent RUN/model"
+        )
+    return candidate
+
+
+def _distilled(path: Path, world_model: Any, planner_kwargs: dict[str, Any]) -> Any:
+    """A distilled planner; of the planner options only ``replan_every`` applies to it."""
+    from agents.distill import load_distilled
+
+    unused = sorted(set(planner_kwargs) - {"replan_every"})
+    if unused:
+        raise LeWorldError(
+            f"{path}: a distilled planner has no search to tune; options {', '.join(unused)} apply to cem, icem and "
+            "mppi (it takes only --replan-every)"
+        )
+    agent = load_distilled(path, world_model)
+    if "replan_every" in planner_kwargs:
+        every = planner_kwargs["replan_every"]
+        if not 1 <= every <= agent.horizon:
+            raise LeWorldError(f"--replan-every must be in [1, {agent.horizon}] for {path}, got {every}")
+        agent.replan_every = int(every)
+    return agent
 
 
 def check_agent_fits(agent: Any, world_model: Any) -> None:

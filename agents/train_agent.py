@@ -37,13 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from world_models.errors import LeWorldError
 from world_models.signals import sigterm_as_ctrl_c
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
-ALGOS = ("ppo", "sac", "her-sac")
+ALGOS = ("ppo", "sac", "her-sac", "distill")
 ENV_ID = "LeWorld-PushT-v0"
 CHECKPOINT = re.compile(r"^agent_(\d+)_steps$")
 
@@ -66,6 +67,7 @@ class TrainAgentConfig:
     overwrite: bool = False  # replace an existing agent-run folder at ``out``
     progress: bool = True
     hyperparams: Path | None = None  # a YAML file instead of the shipped one
+    workers: int = 1  # distill: processes labelling in parallel
 
 
 # ------------------------------------------------------------------ hyperparameters
@@ -159,8 +161,38 @@ SAC_FIELDS: dict[str, Check] = {
 }
 
 
+def _teacher(value: Any) -> bool:
+    known = {"horizon", "samples", "topk", "iterations", "replan_every", "init_std", "state_cost_weight"}
+    return _mapping(value) and set(value) <= known and all(_number(0)[1](v) for v in value.values())
+
+
+# The distilled planner's recipe (agents.distill.DistillConfig's fields; no SB3 algorithm here).
+DISTILL_FIELDS: dict[str, Check] = {
+    "bank_episodes": _integer(1),
+    "bank_seed": _integer(0),
+    "episodes_per_round": (
+        "a list of integers, the first >= 1 (round 0: the teacher drives), the rest >= 0 (0: refit only)",
+        lambda v: isinstance(v, list) and len(v) > 0 and _integer(1)[1](v[0]) and all(_integer(0)[1](x) for x in v),
+    ),
+    "budget_steps": _integer(1),
+    "teacher": (
+        "a mapping of CEM's settings (horizon, samples, topk, iterations, replan_every, init_std, "
+        "state_cost_weight) to numbers",
+        _teacher,
+    ),
+    "hidden": ("a list of layer widths >= 1", lambda v: isinstance(v, list) and all(_integer(1)[1](x) for x in v)),
+    "fit_steps": _integer(1),
+    "batch_size": _integer(1),
+    "learning_rate": _number(0, low_open=True),
+    "cost_weight": _number(0),
+    "jobs_per_round": _integer(1),
+}
+
+
 def algorithm_fields(algo: str) -> dict[str, Check]:
     """Every field an ``algo`` YAML entry may have, with what it must be."""
+    if algo == "distill":
+        return DISTILL_FIELDS
     return {**COMMON_FIELDS, **(PPO_FIELDS if algo == "ppo" else SAC_FIELDS)}
 
 
@@ -316,7 +348,7 @@ def episode_video_callback(config: TrainAgentConfig, env_kwargs: dict[str, Any])
                 backend=config.backend,
                 render_mode="rgb_array",
                 render_size=128,
-                **env_kwargs,
+                **real_kwargs(env_kwargs),
             )
             try:
                 obs, _ = env.reset(seed=config.seed + 20_000)
@@ -332,6 +364,29 @@ def episode_video_callback(config: TrainAgentConfig, env_kwargs: dict[str, Any])
             return True
 
     return EpisodeVideo()
+
+
+DREAM_ONLY = ("ensemble", "disagreement_penalty", "disagreement_limit")
+
+
+def real_kwargs(env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The env arguments the real twin takes: the dream's without its ensemble (the real twin has physics)."""
+    return {k: v for k, v in env_kwargs.items() if k not in DREAM_ONLY}
+
+
+def disagreement_callback() -> Any:
+    """A callback that logs the dream's mean ensemble disagreement per step as ``dream/disagreement``
+    (beside SB3's ``rollout/ep_rew_mean`` and the EvalCallback's ``eval/success_rate``)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Disagreement(BaseCallback):
+        def _on_step(self) -> bool:
+            values = [info["disagreement"] for info in self.locals.get("infos", ()) if "disagreement" in info]
+            if values:
+                self.logger.record_mean("dream/disagreement", float(np.mean(values)))
+            return True
+
+    return Disagreement()
 
 
 def checkpoint_callback(folder: Path, every: int, info: dict[str, Any]) -> Any:
@@ -421,12 +476,42 @@ def train_agent(config: TrainAgentConfig) -> Path:
     from world_models.outputs import removed_if_failed, write_marker
 
     check_config(config)
+    if config.algo == "distill":
+        return _distill(config)
     plan = _plan(config)
     checkpoint = check_output(config)
     out = Path(config.out)
     with removed_if_failed(out), sigterm_as_ctrl_c():
         write_marker(out, "agent-run")
         return _run(config, plan, checkpoint, out)
+
+
+def _distill(config: TrainAgentConfig) -> Path:
+    """``--algo distill``: CEM distilled into a planner network (:func:`agents.distill.distill`)."""
+    from agents.distill import DistillConfig, distill
+    from world_models.outputs import check_output_folder, removed_if_failed, replace_folder, write_marker
+
+    if config.timesteps is not None or config.n_envs is not None:
+        raise LeWorldError(
+            "--timesteps and --envs are PPO/SAC's; a distillation's size is the YAML's episodes_per_round"
+        )
+    params = load_hyperparams("distill", config.hyperparams)
+    out = Path(config.out)
+    check_output_folder(out, "--out", "distill-run", overwrite=config.overwrite, reuse=config.resume)
+    if config.overwrite:
+        replace_folder(out, "distill-run")
+    recipe = DistillConfig(
+        out=out,
+        model=config.model,
+        backend=config.backend,
+        seed=config.seed,
+        workers=config.workers,
+        progress=config.progress,
+        **params,
+    )
+    with removed_if_failed(out), sigterm_as_ctrl_c():
+        write_marker(out, "distill-run")
+        return distill(recipe)
 
 
 def _run(config: TrainAgentConfig, plan: _Plan, checkpoint: Path | None, out: Path) -> Path:
@@ -443,7 +528,7 @@ def _run(config: TrainAgentConfig, plan: _Plan, checkpoint: Path | None, out: Pa
     torch.manual_seed(config.seed)
     try:
         dream = LeWorldSB3VecEnv(num_envs=plan.n_envs, model=config.model, backend=config.backend, **plan.env_kwargs)
-        real = gym.make(leworld_env.REAL_ID, model=config.model, backend=config.backend, **plan.env_kwargs)
+        real = gym.make(leworld_env.REAL_ID, model=config.model, backend=config.backend, **real_kwargs(plan.env_kwargs))
     except (TypeError, ValueError) as err:
         raise LeWorldError(f"{plan.source}: field 'env_kwargs': {err}") from None
     dream.seed(config.seed)
@@ -472,7 +557,11 @@ def _run(config: TrainAgentConfig, plan: _Plan, checkpoint: Path | None, out: Pa
     if checkpoint is not None and (best := _best_reward(out / "best")) is not None:
         evaluation.best_mean_reward = best  # a resumed run keeps the best agent unless it beats it
     callbacks = CallbackList(
-        [evaluation, checkpoint_callback(out / "checkpoints", max(1, config.checkpoint_every // plan.n_envs), info)]
+        [
+            evaluation,
+            checkpoint_callback(out / "checkpoints", max(1, config.checkpoint_every // plan.n_envs), info),
+            disagreement_callback(),
+        ]
     )
     try:
         with warnings.catch_warnings():

@@ -428,10 +428,17 @@ def add_train_agent(sub: argparse._SubParsersAction) -> None:
             "agents/hyperparams/ALGO.yml; an EvalCallback on the real twin logs eval/success_rate to "
             "TensorBoard (OUT/tb); checkpoints in OUT/checkpoints (also on Ctrl-C or SIGTERM), the best agent in "
             "OUT/best, the final one in OUT/model: agent folders (agent.json + safetensors, no pickle) that "
-            "leworld eval --agent reads."
+            "leworld eval --agent reads. --algo distill instead distils the CEM planner into a network "
+            "(DAgger in the dream, agents/hyperparams/distill.yml; labels per round in OUT, reused by a rerun or "
+            "--resume; the student in OUT/model, which leworld eval --agent OUT/model reads)."
         ),
     )
-    p.add_argument("--algo", choices=["ppo", "sac", "her-sac"], default="ppo", help="algorithm (ppo)")
+    p.add_argument(
+        "--algo",
+        choices=["ppo", "sac", "her-sac", "distill"],
+        default="ppo",
+        help="algorithm (ppo); distill: CEM distilled into a planner network (agents/hyperparams/distill.yml)",
+    )
     p.add_argument("--timesteps", type=positive_int, help="environment steps (default: the YAML's n_timesteps)")
     p.add_argument("--envs", type=positive_int, help="dream envs in the batch (default: the YAML's n_envs)")
     p.add_argument("--out", type=output_path, default=Path("runs/agent"), help="output folder (runs/agent)")
@@ -444,6 +451,7 @@ def add_train_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hyperparams", type=Path, help="a YAML file instead of agents/hyperparams/ALGO.yml")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace OUT when it is an earlier train-agent run")
+    p.add_argument("--workers", type=positive_int, default=1, help="distill: processes labelling in parallel (1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train_agent)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from leworld_env.envs.episode import Episodes
 from leworld_env.envs.task import TaskSetup, draw_frames, start_and_goal
+from world_models.ensemble import PredictorEnsemble
 
 
 class DreamBatch(Episodes):
@@ -32,6 +33,7 @@ class DreamBatch(Episodes):
         super().__init__(setup, num_envs, model.config.history)
         self.a = np.zeros((num_envs, self.length, model.config.action_dim), np.float32)
         self.probed = np.zeros((num_envs, 5), np.float32)
+        self.disagreement = np.zeros(num_envs, np.float32)  # the last step's, with an ensemble
         self._fixed_goal_latent: np.ndarray | None = None
 
     # ------------------------------------------------------------------ episodes
@@ -59,6 +61,7 @@ class DreamBatch(Episodes):
             z_both = model.encode(draw_frames(np.concatenate([starts, goals]), size))
             z0, z_goal = z_both[: len(indices)], z_both[len(indices) :]
         self.a[indices] = 0.0
+        self.disagreement[indices] = 0.0
         self.begin(indices, z0, goals, z_goal, self._probe(indices, z0))
 
     def step(self, indices: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,13 +72,27 @@ class DreamBatch(Episodes):
         indices = np.asarray(indices, dtype=np.int64)
         z, a = self.z[indices], self.a[indices]
         model = self.setup.world_model
+        ensemble = model if isinstance(model, PredictorEnsemble) else None
+        spread = np.zeros(len(indices), np.float32)  # the step's largest disagreement
         for _ in range(self.setup.predicts_per_step):
             a[:, -1] = actions
-            z_next = model.predict(z, a)
+            if ensemble is None:
+                z_next = model.predict(z, a)
+            else:
+                z_next, disagreement = ensemble.predict_with_disagreement(z, a)
+                spread = np.maximum(spread, disagreement)
             z[:, :-1], a[:, :-1] = z[:, 1:], a[:, 1:]
             z[:, -1], a[:, -1] = z_next, 0.0
         self.z[indices], self.a[indices] = z, a
-        return self.end_step(indices, self._probe(indices, z[:, -1]))
+        rewards, terminated, truncated = self.end_step(indices, self._probe(indices, z[:, -1]))
+        if ensemble is None:
+            return rewards, terminated, truncated
+        self.disagreement[indices] = spread
+        settings = self.setup.settings
+        rewards = rewards - settings.disagreement_penalty * spread
+        if settings.disagreement_limit is not None:
+            truncated = truncated | ((spread > settings.disagreement_limit) & ~terminated)
+        return rewards, terminated, truncated
 
     def _probe(self, indices: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Record the state the probe reads from latents ``z`` (B, D); returns its block poses (B, 3)."""
@@ -87,4 +104,7 @@ class DreamBatch(Episodes):
         """Per-episode facts of ``indices`` (all by default), batched, ``state`` being the probed one
         (see :meth:`~leworld_env.envs.episode.Episodes.episode_info`)."""
         indices = np.arange(self.num_envs) if indices is None else np.asarray(indices)
-        return self.episode_info(self.probed[indices].astype(np.float64), indices)
+        info = self.episode_info(self.probed[indices].astype(np.float64), indices)
+        if isinstance(self.setup.world_model, PredictorEnsemble):
+            info["disagreement"] = self.disagreement[indices].copy()
+        return info

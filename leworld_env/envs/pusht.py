@@ -54,6 +54,8 @@ class _PushTGoalEnv(gym.Env):
         self.settings = TaskSettings.of(settings, **arguments)
         if not self.runs_physics:
             self.settings.refuse_hidden_physics(type(self).__name__)
+        else:
+            self.settings.refuse_ensemble(type(self).__name__)
         self.setup: TaskSetup = make_setup(self.settings)
         self.world_model = self.setup.world_model
         self.observation_space = observation_space(self.setup.latent_dim, self.setup.history)

@@ -69,6 +69,30 @@ def check_backend(model: str | Path | WorldModel, backend: str | None, port: str
     return backend
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def check_ensemble(ensemble: Any, penalty: Any, limit: Any) -> dict[str, Any]:
+    """The ensemble fields, checked: folders as a tuple, a finite penalty >= 0, a limit > 0 or None,
+    and neither of the last two without an ensemble."""
+    if isinstance(ensemble, (str, Path)) or not isinstance(ensemble, (list, tuple)):
+        raise ArgumentError(f"ensemble must be a list of model folders (predictor heads), got {ensemble!r}")
+    if not all(isinstance(folder, (str, Path)) for folder in ensemble):
+        raise ArgumentError(f"ensemble must hold model folder paths, got {list(ensemble)!r}")
+    if not _number(penalty) or not np.isfinite(penalty) or penalty < 0:
+        raise ArgumentError(f"disagreement_penalty must be a finite number >= 0, got {penalty!r}")
+    if limit is not None and (not _number(limit) or not np.isfinite(limit) or limit <= 0):
+        raise ArgumentError(f"disagreement_limit must be a finite number > 0 or None, got {limit!r}")
+    if not ensemble and (penalty > 0 or limit is not None):
+        raise ArgumentError("disagreement_penalty and disagreement_limit need ensemble= (predictor heads to disagree)")
+    return {
+        "ensemble": tuple(ensemble),
+        "disagreement_penalty": float(penalty),
+        "disagreement_limit": None if limit is None else float(limit),
+    }
+
+
 @dataclass(frozen=True)
 class TaskSettings:
     """The arguments of the LeWorld PushT envs; each is checked when built (an ``ArgumentError``, also a
@@ -111,6 +135,14 @@ class TaskSettings:
             whatever happens, as LeWM's evaluation does (``leworld eval --protocol lewm`` sets it):
             success there counts at any step, and an episode that met the block-only test may
             still go on to meet the strict one.
+        ensemble: the dream only: model folders of predictor heads on the model's encoder
+            (:mod:`world_models.lewm.heads`); with them the dream reports ``info["disagreement"]``,
+            the heads' and the model's disagreement about each step (:mod:`world_models.ensemble`;
+            the dream itself still runs the model). Default ``()``: none.
+        disagreement_penalty: subtracted from the reward times the step's disagreement (MOPO's
+            uncertainty penalty; default 0). Needs ``ensemble``.
+        disagreement_limit: end the episode (truncated) when a step's disagreement exceeds it
+            (MOReL's halt; default ``None``: never). Needs ``ensemble``.
     """
 
     model: str | Path | WorldModel = DEFAULT_MODEL
@@ -125,6 +157,9 @@ class TaskSettings:
     render_size: int = DEFAULT_RENDER_SIZE
     hidden_physics: bool = False
     terminate_on_success: bool = True
+    ensemble: tuple[str | Path, ...] = ()
+    disagreement_penalty: float = 0.0
+    disagreement_limit: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("hidden_physics", "terminate_on_success"):
@@ -144,6 +179,7 @@ class TaskSettings:
             value = getattr(self, name)
             checked[name] = None if value is None else check_positive_int(name, value)
         checked["backend"] = check_backend(self.model, self.backend, self.port)
+        checked.update(check_ensemble(self.ensemble, self.disagreement_penalty, self.disagreement_limit))
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -165,4 +201,12 @@ class TaskSettings:
             raise ArgumentError(
                 f"hidden_physics=True is for the real twin (LeWorldPushTRealEnv, LeWorld-PushT-Hidden-Real-v0); "
                 f"{env} runs no physics"
+            )
+
+    def refuse_ensemble(self, env: str) -> None:
+        """An ``ArgumentError`` if an ensemble or its penalty is set for ``env``, which runs real physics."""
+        if self.ensemble or self.disagreement_penalty > 0 or self.disagreement_limit is not None:
+            raise ArgumentError(
+                f"ensemble, disagreement_penalty and disagreement_limit are the dream's (how far its heads agree); "
+                f"{env} runs real physics"
             )

@@ -55,6 +55,19 @@ def open_model(settings: TaskSettings) -> WorldModel:
     return _MODEL_CACHE[key]
 
 
+def open_ensemble(world_model: WorldModel, heads: tuple[str | Path, ...]) -> WorldModel:
+    """``world_model`` with predictor heads (model folders, each on its own default float backend) beside it."""
+    from world_models.ensemble import PredictorEnsemble
+
+    members = [world_model]
+    for head in heads:
+        key = (str(Path(head).resolve()), None)
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE[key] = load(head)
+        members.append(_MODEL_CACHE[key])
+    return PredictorEnsemble(members)
+
+
 def model_folder(model: str | Path | WorldModel) -> Path | None:
     """The folder a model was read from, where there is one."""
     path = Path(getattr(model, "path", "")) if isinstance(model, WorldModel) else Path(model)
@@ -118,6 +131,8 @@ class TaskSetup:
 def make_setup(settings: TaskSettings) -> TaskSetup:
     """Load the model and the start bank, and check the settings against the model (a ``ValueError`` naming it)."""
     world_model = open_model(settings)
+    if settings.ensemble:
+        world_model = open_ensemble(world_model, settings.ensemble)
     config, model = world_model.config, settings.model
     if config.action_dim != 2:
         raise ArgumentError(f"model {model}: action_dim is {config.action_dim}; PushT actions are 2-d (dx, dy)")

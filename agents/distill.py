@@ -1,0 +1,668 @@
+"""Amortised planning: the CEM planner distilled into a network that plans in one forward pass.
+
+The student is a planner too (:class:`DistilledPlanner`, a
+:class:`~agents.planning.LatentPlanner`): it keeps each env's latent and action history
+as CEM does, and where CEM would search it maps what CEM reads -- the model's latent
+history, the actions in it, the goal latent -- to a whole plan of ``horizon`` standardised
+actions with a small MLP (numpy at run time, no torch). It runs on CEM's schedule
+(``replan_every`` = 5 by default: the plan executed open loop, then a new one), so it
+imitates exactly the planner it is judged against.
+
+Training, top to bottom (:func:`distill`):
+
+1. **Starts.** A training bank of real (start, goal) pairs, collected with a seed the
+   evaluation bank does not use (:func:`~leworld_env.envs.starts.build_start_bank`).
+2. **Labels in the dream.** Episodes of the dream env from those starts, under the LeWM
+   protocol's budget; at every plan CEM (the teacher, LeWM's settings) plans from the
+   episode's history and the pair (history, plan) is recorded (:class:`LabellingCEM`).
+   Round 0 executes the teacher's plans; every later round executes the current student's
+   (DAgger: the teacher relabels the states the student reaches).
+3. **Fit.** The student regresses the teacher's plans (mean squared error in standardised
+   action units) on all labels so far, and (``cost_weight`` > 0) minimises the teacher's own cost
+   of its plans -- the squared latent distance to the goal after the plan, differentiated
+   through the frozen torch model -- on the labelled states and on unlabelled ones
+   (:func:`dream_states`: every training-bank start, and where the previous student's first
+   plan leads in the dream). Labels alone are memorised, not generalised (``docs/design.md``).
+   10 % of episodes are held out for the validation losses.
+
+Everything is seeded: the bank by ``seed``, the teacher's samples per episode by
+``(seed, round, episode)``, the student's initialisation and batches by ``seed``.
+
+Files (no pickle): ``policy.json`` (format, sizes, the schedule, the action statistics,
+what it was distilled from, the SHA-256 of the weights) and ``policy.safetensors`` (the
+MLP's weights). :func:`load_distilled` reads them; ``agents.load_policy("distilled")`` and
+``leworld eval --agent distilled`` read the one shipped beside the default model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.planning import CEMPlanner, LatentPlanner, data_action_stats
+from world_models.errors import LeWorldError
+from world_models.files import (
+    atomic_write_bytes,
+    check_finite_tensors,
+    check_sha256,
+    read_json_object,
+    read_safetensors,
+    sha256_bytes,
+)
+from world_models.interface import WorldModel
+
+FORMAT = "leworld-distilled-planner"
+VERSION = 1
+POLICY_JSON = "policy.json"
+WEIGHTS_FILE = "policy.safetensors"
+DISTILLED_NAME = "distilled"  # the shipped student's name (a folder beside the default model)
+LABELS_FILE = "labels.safetensors"
+
+
+# ------------------------------------------------------------------ what the student reads
+def plan_features(z: np.ndarray, a: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """The student's input for histories ``z`` (N, H, D), ``a`` (N, H, A) and goal latents (N, D), float32 (N, F).
+
+    ``[z flattened, the history's executed actions a[:, :-1] flattened, goal, goal - z[:, -1]]``:
+    everything CEM's cost reads (the history's newest action slot is the one a plan fills, so it is left out).
+    """
+    z, a, goal = (np.asarray(x, np.float32) for x in (z, a, goal))
+    n = z.shape[0]
+    return np.concatenate([z.reshape(n, -1), a[:, :-1].reshape(n, -1), goal, goal - z[:, -1]], axis=1)
+
+
+def feature_width(history: int, latent_dim: int, action_dim: int) -> int:
+    """Width of :func:`plan_features` for a model's history, latent and action sizes."""
+    return history * latent_dim + (history - 1) * action_dim + 2 * latent_dim
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
+
+
+class DistilledPlanner(LatentPlanner):
+    """A planner whose plan is one MLP forward pass (see the module docstring).
+
+    Args:
+        world_model: the model whose latents it reads (its history, latent and action sizes must match).
+        weights: ``layer{i}.weight`` (out, in) and ``layer{i}.bias`` (out,) float32 arrays, GELU between layers.
+        horizon: actions per plan (the last layer's width / action_dim).
+        replan_every: env steps between plans (default: the whole plan, as the teacher).
+        action_mean, action_std: the standardisation the plans are in (the teacher's).
+        info: what it was distilled from (kept in ``policy.json``).
+    """
+
+    name = DISTILLED_NAME
+
+    def __init__(
+        self,
+        world_model: WorldModel,
+        weights: dict[str, np.ndarray],
+        horizon: int = 5,
+        replan_every: int | None = None,
+        action_mean: Any = None,
+        action_std: Any = None,
+        info: dict[str, Any] | None = None,
+        folder: Path | None = None,
+    ) -> None:
+        replan_every = horizon if replan_every is None else replan_every
+        super().__init__(
+            world_model,
+            horizon=horizon,
+            samples=1,
+            iterations=1,
+            replan_every=replan_every,
+            action_mean=action_mean,
+            action_std=action_std,
+            seed=None,
+        )
+        self.layers = _check_layers(weights, self.config, horizon, folder)
+        self.info = dict(info or {})
+        self.folder = folder
+
+    def plans(self, features: np.ndarray) -> np.ndarray:
+        """Plans (N, horizon, A) in standardised units for :func:`plan_features` rows (N, F)."""
+        x = np.asarray(features, np.float32)
+        for i, (weight, bias) in enumerate(self.layers):
+            x = x @ weight.T + bias
+            if i < len(self.layers) - 1:
+                x = _gelu(x)
+        return self._clip(x.reshape(len(x), self.horizon, self.config.action_dim))
+
+    def plan_for(self, env: dict[str, Any]) -> np.ndarray:
+        """The plan (horizon, A) for one env's history (the same dict :class:`LatentPlanner` keeps)."""
+        return self.plans(plan_features(env["z"][None], env["a"][None], env["goal"][None]))[0]
+
+    def _plan(self, env: dict[str, Any]) -> np.ndarray:
+        return self.plan_for(env)
+
+    def __repr__(self) -> str:
+        sizes = [w.shape[1] for w, _ in self.layers] + [self.layers[-1][0].shape[0]]
+        return f"DistilledPlanner(layers={sizes}, horizon={self.horizon}, replan_every={self.replan_every})"
+
+
+def _check_layers(weights: dict[str, np.ndarray], config: Any, horizon: int, source: Path | None) -> list:
+    """``layer{i}.weight`` / ``.bias`` pairs as float32 (weight (out, in), bias (out,)), chained, the first
+    reading :func:`plan_features` of ``config``'s sizes, the last writing ``horizon`` actions."""
+    where = source or "distilled weights"
+    count = sum(1 for k in weights if k.endswith(".weight"))
+    layers = []
+    for i in range(count):
+        w, b = weights.get(f"layer{i}.weight"), weights.get(f"layer{i}.bias")
+        if w is None or b is None or w.ndim != 2 or b.shape != (w.shape[0],):
+            raise LeWorldError(f"{where}: layer{i}: expected a weight (out, in) and a bias (out,)")
+        if layers and w.shape[1] != layers[-1][0].shape[0]:
+            raise LeWorldError(
+                f"{where}: layer{i} reads {w.shape[1]} numbers; layer{i - 1} writes {layers[-1][0].shape[0]}"
+            )
+        layers.append((np.ascontiguousarray(w, np.float32), np.ascontiguousarray(b, np.float32)))
+    if not layers or len(weights) != 2 * count:
+        raise LeWorldError(
+            f"{where}: expected tensors layer0.weight, layer0.bias, ... and nothing else, got {sorted(weights)}"
+        )
+    width = feature_width(config.history, config.latent_dim, config.action_dim)
+    if layers[0][0].shape[1] != width:
+        raise LeWorldError(
+            f"{where}: the student reads {layers[0][0].shape[1]} features; this world model gives {width} "
+            f"(history {config.history}, latent {config.latent_dim}, actions {config.action_dim}): "
+            "use the world model it was distilled from"
+        )
+    if layers[-1][0].shape[0] != horizon * config.action_dim:
+        raise LeWorldError(
+            f"{where}: the last layer writes {layers[-1][0].shape[0]} numbers; "
+            f"expected horizon {horizon} x {config.action_dim}"
+        )
+    return layers
+
+
+# ------------------------------------------------------------------ files
+def save_distilled(student: DistilledPlanner, folder: Path) -> Path:
+    """Write ``policy.json`` and ``policy.safetensors`` into ``folder`` (each atomically; the JSON last,
+    carrying the weights' checksum, so a reader never pairs new JSON with old weights)."""
+    from safetensors.numpy import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for i, (weight, bias) in enumerate(student.layers):
+        tensors[f"layer{i}.weight"], tensors[f"layer{i}.bias"] = weight, bias
+    data = save(tensors)
+    atomic_write_bytes(folder / WEIGHTS_FILE, data)
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "horizon": student.horizon,
+        "replan_every": student.replan_every,
+        "action_mean": student.action_mean.tolist(),
+        "action_std": student.action_std.tolist(),
+        "history": student.config.history,
+        "latent_dim": student.config.latent_dim,
+        "action_dim": student.config.action_dim,
+        "info": student.info,
+        "weights_sha256": sha256_bytes(data),
+    }
+    atomic_write_bytes(folder / POLICY_JSON, (json.dumps(config, indent=2) + "\n").encode())
+    return folder
+
+
+def is_distilled_folder(path: Path) -> bool:
+    """True when ``path`` (a folder, or its ``policy.json``) holds a distilled planner."""
+    path = Path(path)
+    folder = path.parent if path.name == POLICY_JSON else path
+    return (folder / POLICY_JSON).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
+def shipped_distilled(model: str | Path = "pusht-tiny") -> Path:
+    """The distilled planner shipped beside a model: ``MODEL_FOLDER/distilled``."""
+    from world_models.locate import resolve_model
+
+    return resolve_model(model) / DISTILLED_NAME
+
+
+def load_distilled(path: Path | str, world_model: WorldModel) -> DistilledPlanner:
+    """A distilled planner from its folder (or ``policy.json``), checked against ``world_model``. No pickle.
+
+    Raises:
+        LeWorldError: naming the file and the field that is wrong.
+    """
+    path = Path(path)
+    folder = path.parent if path.name == POLICY_JSON else path
+    source = folder / POLICY_JSON
+    data = read_json_object(source, "distilled planner")
+    if data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise LeWorldError(
+            f"{source}: expected format {FORMAT!r} version {VERSION}, "
+            f"got {data.get('format')!r} {data.get('version')!r}"
+        )
+    for key in ("horizon", "replan_every"):
+        if not isinstance(data.get(key), int) or isinstance(data.get(key), bool) or data[key] < 1:
+            raise LeWorldError(f"{source}: field {key!r} must be a positive integer, got {data.get(key)!r}")
+    sha = data.get("weights_sha256")
+    if not isinstance(sha, str):
+        raise LeWorldError(f"{source}: field 'weights_sha256' must be the SHA-256 of {WEIGHTS_FILE}, got {sha!r}")
+    check_sha256(folder / WEIGHTS_FILE, sha, str(source))
+    tensors = read_safetensors(folder / WEIGHTS_FILE)
+    check_finite_tensors(tensors, str(folder / WEIGHTS_FILE))
+    try:
+        return DistilledPlanner(
+            world_model,
+            tensors,
+            data["horizon"],
+            data["replan_every"],
+            data.get("action_mean"),
+            data.get("action_std"),
+            data.get("info"),
+            folder,
+        )
+    except ValueError as err:  # ArgumentError: the schedule or the statistics
+        raise LeWorldError(f"{source}: {err}") from None
+
+
+# ------------------------------------------------------------------ labels
+class LabellingCEM(CEMPlanner):
+    """CEM that records every plan it makes with the history it planned from; with a ``student`` the
+    student's plan is the one executed (DAgger), the teacher's only recorded."""
+
+    def __init__(self, world_model: WorldModel, student: DistilledPlanner | None = None, **kwargs: Any) -> None:
+        super().__init__(world_model, **kwargs)
+        self.student = student
+        self.records: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def _plan(self, env: dict[str, Any]) -> np.ndarray:
+        plan = super()._plan(env)
+        self.records.append((env["z"].copy(), env["a"].copy(), env["goal"].copy(), plan.copy()))
+        return plan if self.student is None else self.student.plan_for(env)
+
+
+@dataclass
+class LabelJob:
+    """One worker's share of a labelling round (plain data: it crosses a process boundary)."""
+
+    model: str
+    backend: str | None
+    starts: np.ndarray  # (N, 7)
+    goals: np.ndarray  # (N, 5)
+    episode_ids: list[int]
+    seed: int
+    round: int
+    teacher: dict[str, Any]
+    budget_steps: int
+    student: str | None = None  # a distilled folder: the student drives
+
+
+def run_label_job(job: LabelJob) -> dict[str, np.ndarray]:
+    """Dream episodes of ``job``, CEM recording its plans: ``z``, ``a``, ``goal``, ``plan`` and ``episode`` arrays."""
+    import gymnasium as gym
+
+    import leworld_env
+    import world_models
+
+    wm = world_models.load(job.model, backend=job.backend)
+    student = load_distilled(job.student, wm) if job.student else None
+    stats = data_action_stats(wm)
+    mean, std = stats if stats is not None else (None, None)
+    teacher = LabellingCEM(wm, student=student, action_mean=mean, action_std=std, **job.teacher)
+    env = gym.make(
+        leworld_env.DREAM_ID, model=wm, goal="dataset", terminate_on_success=False, max_episode_steps=job.budget_steps
+    )
+    episodes = []
+    try:
+        for start, goal, episode in zip(job.starts, job.goals, job.episode_ids, strict=True):
+            teacher.rng = np.random.default_rng((job.seed, job.round, episode))
+            observation, _ = env.reset(options={"start": start, "goal_state": goal})
+            before, first = len(teacher.records), True
+            for _ in range(job.budget_steps):
+                action, _ = teacher.predict(observation, episode_start=np.array([first]))
+                first = False
+                observation, _, terminated, truncated, _ = env.step(action)
+                if terminated or truncated:
+                    break
+            episodes += [episode] * (len(teacher.records) - before)
+    finally:
+        env.close()
+    z, a, goal, plan = (np.stack([r[i] for r in teacher.records]) for i in range(4))
+    return {"z": z, "a": a, "goal": goal, "plan": plan, "episode": np.asarray(episodes, np.int64)}
+
+
+def collect_labels(jobs: list[LabelJob], workers: int, progress: bool = True) -> dict[str, np.ndarray]:
+    """Run label jobs (in ``workers`` processes when > 1) and concatenate their arrays."""
+    from tqdm import tqdm
+
+    if workers <= 1:
+        results = [run_label_job(job) for job in tqdm(jobs, desc="labelling", unit="job", disable=not progress)]
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = list(
+                tqdm(
+                    pool.imap(run_label_job, jobs), total=len(jobs), desc="labelling", unit="job", disable=not progress
+                )
+            )
+    return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+
+
+def save_labels(path: Path, labels: dict[str, np.ndarray]) -> None:
+    """Labels to a safetensors file, atomically."""
+    from safetensors.numpy import save
+
+    atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in labels.items()}))
+
+
+def load_labels(path: Path) -> dict[str, np.ndarray]:
+    """Labels written by :func:`save_labels`, checked for the fields and matching row counts."""
+    labels = read_safetensors(path)
+    keys = ("z", "a", "goal", "plan", "episode")
+    if sorted(labels) != sorted(keys) or len({len(labels[k]) for k in keys}) != 1:
+        raise LeWorldError(f"{path}: expected arrays {', '.join(keys)} with one row per label, got {sorted(labels)}")
+    return labels
+
+
+def dream_states(
+    world_model: WorldModel, bank: Any, student: DistilledPlanner | None = None, batch: int = 256
+) -> dict[str, np.ndarray]:
+    """Planning states without labels, for the cost term: every bank pair's start (its frame's latent
+    repeated, zero actions: how an episode starts) and, with a ``student``, the state its first plan
+    reaches in the dream (the latent history after ``horizon`` steps and the actions in it)."""
+    from leworld_env.envs.task import draw_frames
+
+    config = world_model.config
+    h = config.history
+    out: dict[str, list[np.ndarray]] = {"z": [], "a": [], "goal": []}
+    for first in range(0, len(bank), batch):
+        rows = slice(first, first + batch)
+        n = len(bank.start[rows])
+        z_both = world_model.encode(draw_frames(np.concatenate([bank.start[rows], bank.goal[rows]]), config.image_size))
+        z0, goal = z_both[:n], z_both[n:]
+        z_hist = np.repeat(z0[:, None], h, axis=1)
+        a_hist = np.zeros((n, h, config.action_dim), np.float32)
+        out["z"].append(z_hist)
+        out["a"].append(a_hist)
+        out["goal"].append(goal)
+        if student is None:
+            continue
+        actions = student.to_env(student.plans(plan_features(z_hist, a_hist, goal)))
+        first_step = a_hist.copy()
+        first_step[:, -1] = actions[:, 0]
+        future = np.concatenate([actions[:, 1:], np.zeros_like(actions[:, :1])], axis=1)
+        latents = world_model.rollout(z_hist, first_step, future)  # (n, horizon, D): after each step
+        reached = np.zeros_like(a_hist)
+        reached[:, :-1] = actions[:, -(h - 1) :]
+        out["z"].append(latents[:, -h:])
+        out["a"].append(reached)
+        out["goal"].append(goal)
+    return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------ the student's fit
+def fit_student(
+    world_model: WorldModel,
+    labels: dict[str, np.ndarray],
+    hidden: list[int],
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    action_mean: Any,
+    action_std: Any,
+    horizon: int,
+    log: Any = None,
+    progress: bool = True,
+    cost_weight: float = 0.0,
+    states: dict[str, np.ndarray] | None = None,
+) -> tuple[DistilledPlanner, dict[str, float]]:
+    """Regress the teacher's plans with an MLP (AdamW, cosine schedule); returns the student and its losses.
+
+    Episodes are split 90 / 10 (by episode id) into fit and validation sets. ``cost_weight`` > 0 adds
+    the teacher's own objective on the student's plans, differentiated through the model (torch):
+    the squared latent distance to the goal at the plan's end, weighted by ``cost_weight``, on the
+    fit labels' states and on ``states`` (unlabelled planning states: :func:`dream_states`).
+    """
+    import torch
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy(plan_features(labels["z"], labels["a"], labels["goal"]))
+    y_all = torch.from_numpy(labels["plan"].reshape(len(labels["plan"]), -1).astype(np.float32))
+    episodes = np.unique(labels["episode"])
+    held = np.random.default_rng(seed).permutation(episodes)[: max(1, len(episodes) // 10)]
+    valid = torch.from_numpy(np.isin(labels["episode"], held))
+    if bool(valid.all()):
+        valid[:] = False
+    x, y, xv, yv = x_all[~valid], y_all[~valid], x_all[valid], y_all[valid]
+    torch.manual_seed(seed)
+    sizes = [x.shape[1], *hidden, y.shape[1]]
+    modules: list[torch.nn.Module] = []
+    for i in range(len(sizes) - 1):
+        modules.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            modules.append(torch.nn.GELU(approximate="tanh"))
+    net = torch.nn.Sequential(*modules)
+    planning_cost = planning_cost_fn(world_model, action_mean, action_std, horizon) if cost_weight > 0 else None
+    fit_rows = ~valid.numpy()
+    cost_z, cost_a, cost_g = (
+        torch.from_numpy(np.concatenate([labels[k][fit_rows]] + ([states[k]] if states else [])))
+        for k in ("z", "a", "goal")
+    )
+    optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    losses: dict[str, float] = {}
+    for step in tqdm(range(steps), desc="fitting the student", unit="step", disable=not progress):
+        index = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
+        output = net(x[index])
+        loss = torch.nn.functional.mse_loss(output, y[index])
+        if planning_cost is not None:
+            pick = cost_generator_rows(len(cost_z), min(batch_size, len(cost_z)), generator)
+            z, a, g = cost_z[pick], cost_a[pick], cost_g[pick]
+            loss = loss + cost_weight * planning_cost(z, a, g, net(plan_features_torch(z, a, g)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == steps - 1:
+            with torch.no_grad():
+                losses = {"fit": float(torch.nn.functional.mse_loss(net(x), y))}
+                if len(xv):
+                    losses["validation"] = float(torch.nn.functional.mse_loss(net(xv), yv))
+                if planning_cost is not None and len(xv):
+                    held = valid.numpy()
+                    z, a, g = (torch.from_numpy(labels[k][held]) for k in ("z", "a", "goal"))
+                    losses["validation_cost"] = float(planning_cost(z, a, g, net(xv)))
+                    losses["teacher_cost"] = float(planning_cost(z, a, g, yv))
+            if log is not None:
+                for name, value in losses.items():
+                    log.add_scalar(f"distill/{name}_loss", value, step)
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    weights = {}
+    for i, layer in enumerate(linears):
+        weights[f"layer{i}.weight"] = layer.weight.detach().numpy().copy()
+        weights[f"layer{i}.bias"] = layer.bias.detach().numpy().copy()
+    student = DistilledPlanner(world_model, weights, horizon, None, action_mean, action_std)
+    return student, losses
+
+
+def cost_generator_rows(count: int, size: int, generator: Any) -> Any:
+    """``size`` random rows of ``count`` from ``generator`` (torch)."""
+    import torch
+
+    return torch.randint(count, (size,), generator=generator)
+
+
+def plan_features_torch(z: Any, a: Any, goal: Any) -> Any:
+    """:func:`plan_features` on torch tensors (the same columns, in the same order)."""
+    import torch
+
+    n = z.shape[0]
+    return torch.cat([z.reshape(n, -1), a[:, :-1].reshape(n, -1), goal, goal - z[:, -1]], dim=1)
+
+
+def planning_cost_fn(world_model: WorldModel, action_mean: Any, action_std: Any, horizon: int) -> Any:
+    """CEM's cost of plans, differentiable: ``cost(z (B,H,D), a (B,H,A), goal (B,D), plans (B, horizon*A))``,
+    the mean squared latent distance to the goal after the plan, rolled out by the torch model (frozen)."""
+    import torch
+
+    from world_models.backends.torch_backend import TorchWorldModel
+    from world_models.locate import resolve_model
+
+    folder = getattr(world_model, "path", None)
+    if folder is None or not (Path(folder).is_dir() or Path(folder).suffix == ".lq40"):
+        raise LeWorldError("cost_weight > 0 needs a world model read from a folder (its torch weights)")
+    folder = Path(folder).parent if Path(folder).suffix == ".lq40" else Path(folder)
+    model = TorchWorldModel(resolve_model(folder)).model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    mean = torch.as_tensor(np.zeros(2) if action_mean is None else action_mean, dtype=torch.float32)
+    std = torch.as_tensor(np.ones(2) if action_std is None else action_std, dtype=torch.float32)
+
+    def cost(z: Any, a: Any, goal: Any, plans: Any) -> Any:
+        actions = torch.clamp(mean + std * plans.view(len(plans), horizon, -1), -1.0, 1.0)
+        history = a.clone()
+        history[:, -1] = actions[:, 0]
+        future = torch.cat([actions[:, 1:], torch.zeros_like(actions[:, :1])], dim=1)
+        final = model.rollout(z, history, future)[:, -1]
+        return torch.mean((final - goal) ** 2)
+
+    return cost
+
+
+# ------------------------------------------------------------------ the whole recipe
+@dataclass
+class DistillConfig:
+    """What ``leworld train-agent --algo distill`` runs (``agents/hyperparams/distill.yml``)."""
+
+    out: Path = Path("runs/distill")
+    model: str = "pusht-tiny"
+    backend: str | None = None
+    seed: int = 0
+    bank_episodes: int = 150  # real episodes the training bank's (start, goal) pairs come from
+    bank_seed: int = 7000  # != the evaluation bank's (2027)
+    episodes_per_round: list[int] = field(default_factory=lambda: [800])  # 0: teacher drives; later: student, 0 = refit
+    budget_steps: int = 10  # env steps per dream episode (LeWM: 50 physics steps at frameskip 5)
+    teacher: dict[str, Any] = field(
+        default_factory=lambda: {"horizon": 5, "samples": 300, "iterations": 30, "replan_every": 5}
+    )
+    hidden: list[int] = field(default_factory=lambda: [512, 512, 512])
+    fit_steps: int = 2000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    cost_weight: float = 20.0  # > 0: add the teacher's cost of the student's plans (through the torch model)
+    workers: int = 1
+    jobs_per_round: int = 16
+    progress: bool = True
+
+
+def distill(config: DistillConfig) -> Path:
+    """Collect labels round by round and fit the student after each; returns ``OUT/model``.
+
+    Each round's labels are kept (``OUT/labels_round{k}.safetensors``): a rerun with the same ``OUT``
+    reuses the rounds it finds (resume), so a stopped run loses at most one round.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    import world_models
+    from leworld_env.envs.starts import build_start_bank, load_start_bank, save_start_bank
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wm = world_models.load(config.model, backend=config.backend)
+    stats = data_action_stats(wm)
+    mean, std = stats if stats is not None else (None, None)
+    bank_path = out / "train_starts.safetensors"
+    if bank_path.is_file():
+        bank = load_start_bank(bank_path)
+    else:
+        bank, meta = build_start_bank(episodes=config.bank_episodes, seed=config.bank_seed, policy="noisy-expert")
+        save_start_bank(bank_path, bank, meta)
+    order = np.random.default_rng(config.seed).permutation(len(bank))
+    log = SummaryWriter(str(out / "tb"))
+    labels: dict[str, np.ndarray] | None = None
+    student_path: Path | None = None
+    first = 0
+    history = []
+    for k, count in enumerate(config.episodes_per_round):
+        path = out / f"labels_round{k}.safetensors"
+        if count == 0:  # a refit only: the cost term's states from the last student, no new labels
+            round_labels = {key: value[:0] for key, value in labels.items()}
+        elif path.is_file():
+            round_labels = load_labels(path)
+        else:
+            ids = [int(order[(first + i) % len(bank)]) for i in range(count)]
+            ids_unique = [first + i for i in range(count)]  # episode ids: unique across rounds
+            chunks = np.array_split(np.arange(count), min(config.jobs_per_round, count))
+            jobs = [
+                LabelJob(
+                    str(config.model),
+                    config.backend,
+                    np.stack([bank.start_state(ids[i]) for i in chunk]),
+                    bank.goal[[ids[i] for i in chunk]],
+                    [ids_unique[i] for i in chunk],
+                    config.seed,
+                    k,
+                    dict(config.teacher),
+                    config.budget_steps,
+                    None if student_path is None else str(student_path),
+                )
+                for chunk in chunks
+                if len(chunk)
+            ]
+            began = time.perf_counter()
+            round_labels = collect_labels(jobs, config.workers, config.progress)
+            history.append({"round": k, "labels": len(round_labels["plan"]), "seconds": time.perf_counter() - began})
+            save_labels(path, round_labels)
+        first += count
+        labels = (
+            round_labels
+            if labels is None
+            else {key: np.concatenate([labels[key], round_labels[key]]) for key in labels}
+        )
+        previous = load_distilled(student_path, wm) if student_path is not None else None
+        states = dream_states(wm, bank, previous) if config.cost_weight > 0 else None
+        student, losses = fit_student(
+            wm,
+            labels,
+            config.hidden,
+            config.fit_steps,
+            config.batch_size,
+            config.learning_rate,
+            config.seed + k,
+            mean,
+            std,
+            int(config.teacher.get("horizon", 5)),
+            log,
+            config.progress,
+            config.cost_weight,
+            states,
+        )
+        student.info = {
+            "model": str(config.model),
+            "teacher": dict(config.teacher),
+            "labels": len(labels["plan"]),
+            "rounds": k + 1,
+            "seed": config.seed,
+            "losses": losses,
+        }
+        student_path = save_distilled(student, out / f"round{k}")
+        log.add_scalar("distill/labels", len(labels["plan"]), k)
+    log.close()
+    final = save_distilled(student, out / "model")
+    atomic_write_bytes(
+        out / "distill.json",
+        (json.dumps({"config": _jsonable(asdict(config)), "rounds": history}, indent=2) + "\n").encode(),
+    )
+    return final
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
