@@ -140,7 +140,8 @@ class TaskSettings:
             the heads' and the model's disagreement about each step (:mod:`world_models.ensemble`;
             the dream itself still runs the model). Default ``()``: none.
         disagreement_penalty: subtracted from the reward times the step's disagreement (MOPO's
-            uncertainty penalty; default 0). Needs ``ensemble``.
+            uncertainty penalty; default 0). Needs ``ensemble``. ``compute_reward`` (HER's relabelling)
+            reads only goal vectors, so it gives the reward without the penalty.
         disagreement_limit: end the episode (truncated) when a step's disagreement exceeds it
             (MOReL's halt; default ``None``: never). Needs ``ensemble``.
     """

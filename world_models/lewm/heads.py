@@ -19,6 +19,7 @@ import torch
 
 from world_models.data.latents import LatentEpisodes, cut_windows, window_starts
 from world_models.errors import LeWorldError
+from world_models.interface import WorldModel
 from world_models.lewm.folder import load_model, save_model
 from world_models.lewm.model import init_weights
 
@@ -95,6 +96,22 @@ def train_head(
     return losses
 
 
+class FrozenEncoder(WorldModel):
+    """A model folder's torch encoder behind the runtime interface's ``encode`` (all this layer may
+    load; :func:`~world_models.data.latents.encode_episodes` reads a dataset through it)."""
+
+    backend = "torch"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder)
+        self.model = load_model(self.path)[0]
+        self.config = self.model.cfg
+
+    @torch.no_grad()
+    def _encode(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model.encode(torch.from_numpy(pixels)).numpy()
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m world_models.lewm.heads --data DATASET --out FOLDER [--model pusht-tiny] [--count 2]``:
     encode the dataset with the model's encoder, train ``count`` heads (seeds 1 .. count), write
@@ -102,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
+    from world_models.data.latents import encode_episodes
     from world_models.locate import DEFAULT_MODEL, resolve_model
-    from world_models.memory.runtime import encode_dataset
 
     parser = argparse.ArgumentParser(prog="python -m world_models.lewm.heads", description=main.__doc__)
     parser.add_argument("--data", required=True, help="a leworld collect dataset")
@@ -115,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         base = resolve_model(args.model)
-        latents = encode_dataset(args.data, base, progress=True)
+        latents = encode_episodes(args.data, FrozenEncoder(base), progress=True, encoder_model=str(base))
         for seed in range(1, args.count + 1):
             out = args.out / f"head{seed}"
             losses = train_head(base, latents, out, seed, args.steps, args.batch_size, progress=True)
