@@ -36,6 +36,7 @@ MLP's weights). :func:`load_distilled` reads them; ``agents.load_policy("distill
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -66,15 +67,22 @@ LABELS_FILE = "labels.safetensors"
 
 
 # ------------------------------------------------------------------ what the student reads
-def plan_features(z: np.ndarray, a: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """The student's input for histories ``z`` (N, H, D), ``a`` (N, H, A) and goal latents (N, D), float32 (N, F).
+def plan_features(z: Any, a: Any, goal: Any) -> Any:
+    """The student's input for histories ``z`` (N, H, D), ``a`` (N, H, A) and goal latents (N, D): (N, F),
+    float32 numpy, or torch tensors for torch inputs (the fit's cost term differentiates through them).
 
     ``[z flattened, the history's executed actions a[:, :-1] flattened, goal, goal - z[:, -1]]``:
     everything CEM's cost reads (the history's newest action slot is the one a plan fills, so it is left out).
     """
-    z, a, goal = (np.asarray(x, np.float32) for x in (z, a, goal))
+    if hasattr(z, "detach"):  # torch tensors
+        import torch
+
+        concatenate = functools.partial(torch.cat, dim=1)
+    else:
+        z, a, goal = (np.asarray(x, np.float32) for x in (z, a, goal))
+        concatenate = functools.partial(np.concatenate, axis=1)
     n = z.shape[0]
-    return np.concatenate([z.reshape(n, -1), a[:, :-1].reshape(n, -1), goal, goal - z[:, -1]], axis=1)
+    return concatenate([z.reshape(n, -1), a[:, :-1].reshape(n, -1), goal, goal - z[:, -1]])
 
 
 def feature_width(history: int, latent_dim: int, action_dim: int) -> int:
@@ -462,7 +470,7 @@ def fit_student(
         if planning_cost is not None:
             pick = cost_generator_rows(len(cost_z), min(batch_size, len(cost_z)), generator)
             z, a, g = cost_z[pick], cost_a[pick], cost_g[pick]
-            loss = loss + cost_weight * planning_cost(z, a, g, net(plan_features_torch(z, a, g)))
+            loss = loss + cost_weight * planning_cost(z, a, g, net(plan_features(z, a, g)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -494,14 +502,6 @@ def cost_generator_rows(count: int, size: int, generator: Any) -> Any:
     import torch
 
     return torch.randint(count, (size,), generator=generator)
-
-
-def plan_features_torch(z: Any, a: Any, goal: Any) -> Any:
-    """:func:`plan_features` on torch tensors (the same columns, in the same order)."""
-    import torch
-
-    n = z.shape[0]
-    return torch.cat([z.reshape(n, -1), a[:, :-1].reshape(n, -1), goal, goal - z[:, -1]], dim=1)
 
 
 def planning_cost_fn(world_model: WorldModel, action_mean: Any, action_std: Any, horizon: int) -> Any:
