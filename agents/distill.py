@@ -468,7 +468,7 @@ def fit_student(
         output = net(x[index])
         loss = torch.nn.functional.mse_loss(output, y[index])
         if planning_cost is not None:
-            pick = cost_generator_rows(len(cost_z), min(batch_size, len(cost_z)), generator)
+            pick = torch.randint(len(cost_z), (min(batch_size, len(cost_z)),), generator=generator)
             z, a, g = cost_z[pick], cost_a[pick], cost_g[pick]
             loss = loss + cost_weight * planning_cost(z, a, g, net(plan_features(z, a, g)))
         optimizer.zero_grad()
@@ -495,13 +495,6 @@ def fit_student(
         weights[f"layer{i}.bias"] = layer.bias.detach().numpy().copy()
     student = DistilledPlanner(world_model, weights, horizon, None, action_mean, action_std)
     return student, losses
-
-
-def cost_generator_rows(count: int, size: int, generator: Any) -> Any:
-    """``size`` random rows of ``count`` from ``generator`` (torch)."""
-    import torch
-
-    return torch.randint(count, (size,), generator=generator)
 
 
 def planning_cost_fn(world_model: WorldModel, action_mean: Any, action_std: Any, horizon: int) -> Any:

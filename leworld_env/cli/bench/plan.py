@@ -53,13 +53,14 @@ def bench_plan(model: str | Path = "pusht-tiny", quick: bool = False) -> list[Be
 
 def _distilled_rows(wm: object, obs: dict, cem_seconds: float, decisions: int) -> list[BenchRow]:
     """Seconds per plan of the distilled planner beside the model (none when there is none)."""
-    from agents.distill import is_distilled_folder, load_distilled
-    from leworld_env.envs.task import model_folder
+    from agents.distill import load_distilled
+    from agents.evaluate import shipped_distilled_for
+    from world_models.errors import LeWorldError
 
-    folder = model_folder(wm)
-    if folder is None or not is_distilled_folder(folder / "distilled"):
+    try:
+        student = load_distilled(shipped_distilled_for(wm), wm)
+    except LeWorldError:  # no distilled planner beside this model
         return []
-    student = load_distilled(folder / "distilled", wm)
     start = np.array([True])  # a new episode at every call: every call plans
     student.predict(obs, episode_start=start)
     started = time.perf_counter()
