@@ -69,6 +69,13 @@ def add_collect(sub: argparse._SubParsersAction) -> None:
         help="draw each episode's damping, contact friction and block mass (recorded in infos/physics; "
         "see docs/pusht.md)",
     )
+    p.add_argument(
+        "--physics-draw",
+        choices=("hidden", "glide"),
+        default="hidden",
+        help="with --hidden-physics: hidden draws all three (default); glide, the delayed-glide task's damping "
+        "(0 or 0.2, docs/leworld_memory.md)",
+    )
     p.add_argument("--out", required=True, type=output_path, help="dataset folder to create")
     p.add_argument(
         "--overwrite",

@@ -31,11 +31,11 @@ from leworld_env.sim.policies import POLICIES, ScriptedPolicy, make_policy
 from leworld_env.sim.pusht_sim import (
     DEFAULT_ACTION_SCALE,
     DEFAULT_FRAMESKIP,
+    PHYSICS_DRAWS,
     SUCCESS_COVERAGE,
     HiddenPhysics,
     PushTSim,
     PushTState,
-    sample_hidden_physics,
 )
 from numba_kernels.pusht_raster import WORLD_SIZE
 from world_models.config import DEFAULT_IMAGE_SIZE, check_image_size
@@ -58,6 +58,9 @@ class EpisodeConfig:
         hidden_physics: draw each episode's damping, contact friction and block mass from
             :data:`~leworld_env.sim.pusht_sim.HIDDEN_PHYSICS_RANGES` and record them in
             ``infos/physics``; otherwise every episode has gym-pusht's physics.
+        physics_draw: with ``hidden_physics``, which distribution
+            (:data:`~leworld_env.sim.pusht_sim.PHYSICS_DRAWS`): ``hidden`` (all three fields) or ``glide``
+            (the delayed-glide task's damping, 0 or 0.2).
     """
 
     policy: str = "weak-expert"
@@ -67,6 +70,7 @@ class EpisodeConfig:
     max_steps: int = 300
     seed: int = 0
     hidden_physics: bool = False
+    physics_draw: str = "hidden"
 
     def validate(self) -> None:
         """Raise :class:`LeWorldError` naming the first bad field."""
@@ -81,6 +85,10 @@ class EpisodeConfig:
             )
         if not self.action_scale > 0:
             raise LeWorldError(f"action scale must be > 0 pixels, got {self.action_scale}")
+        if self.physics_draw not in PHYSICS_DRAWS:
+            raise LeWorldError(
+                f"unknown physics draw {self.physics_draw!r}; choose one of: {', '.join(sorted(PHYSICS_DRAWS))}"
+            )
 
 
 def observation_space(image_size: int) -> spaces.Dict:
@@ -113,7 +121,7 @@ def episode_physics(config: EpisodeConfig, index: int) -> HiddenPhysics:
     else gym-pusht's."""
     if not config.hidden_physics:
         return HiddenPhysics()
-    return sample_hidden_physics(physics_generator(config.seed, index))
+    return PHYSICS_DRAWS[config.physics_draw](physics_generator(config.seed, index))
 
 
 class EpisodeRecorder:

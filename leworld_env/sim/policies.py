@@ -12,6 +12,8 @@ it is given, so an episode is a pure function of its seed.
   it, towards the goal most of the time and in a random direction otherwise, off
   centre so the block turns too, with noise on every action. It rarely solves the
   task but keeps the agent on the block, so the data is full of contacts.
+* ``delayed-glide``: :class:`DelayedGlidePolicy`, the delayed-glide task's data (docs/leworld_memory.md):
+  push and release, wander without contact for 8, 24 or 48 model steps, push and release again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import numpy as np
 from leworld_env.sim.expert import ExpertPolicy
 from leworld_env.sim.pusht_sim import PushTState
 from world_models.errors import ArgumentError
+
+# The delayed-glide task's delays: model steps between the first release and the second approach.
+GLIDE_DELAYS = (8, 24, 48)
 
 
 class ScriptedPolicy(Protocol):
@@ -105,31 +110,101 @@ class WeakExpertPolicy:
         self.phase = "approach"
         self.steps_left = self.max_approach
 
+    def approach(self, state: PushTState, center: np.ndarray) -> np.ndarray:
+        """One step towards the contact point behind the block (around it when on the wrong side);
+        switches to ``push`` on arrival and back to ``plan`` when the approach takes too long."""
+        normal = np.array([-self.direction[1], self.direction[0]])
+        self.steps_left -= 1
+        contact = np.clip(center - self.direction * self.STANDOFF + normal * self.offset, *self.REACHABLE)
+        from_block = state.agent_pos - center
+        if np.dot(from_block, self.direction) > -0.5 * self.STANDOFF:
+            # On the wrong side: walk around the block, not through it.
+            side = 1.0 if np.dot(from_block, normal) >= 0.0 else -1.0
+            waypoint = center + normal * side * 1.3 * self.STANDOFF - self.direction * 0.5 * self.STANDOFF
+            action = (np.clip(waypoint, *self.REACHABLE) - state.agent_pos) / self.action_scale
+        else:
+            action = (contact - state.agent_pos) / self.action_scale
+            if np.linalg.norm(contact - state.agent_pos) < 15.0:
+                self.phase = "push"
+                self.steps_left = int(self.rng.integers(self.push_steps[0], self.push_steps[1] + 1))
+        if self.phase == "approach" and self.steps_left <= 0:
+            self.phase = "plan"  # unreachable or too slow: plan another push next step
+        return action
+
     def __call__(self, state: PushTState) -> np.ndarray:
         center = self.center_of_gravity(state.block_pose)
         if self.phase == "plan":
             self._plan_push(center)
-        normal = np.array([-self.direction[1], self.direction[0]])
         if self.phase == "approach":
-            self.steps_left -= 1
-            contact = np.clip(center - self.direction * self.STANDOFF + normal * self.offset, *self.REACHABLE)
-            from_block = state.agent_pos - center
-            if np.dot(from_block, self.direction) > -0.5 * self.STANDOFF:
-                # On the wrong side: walk around the block, not through it.
-                side = 1.0 if np.dot(from_block, normal) >= 0.0 else -1.0
-                waypoint = center + normal * side * 1.3 * self.STANDOFF - self.direction * 0.5 * self.STANDOFF
-                action = (np.clip(waypoint, *self.REACHABLE) - state.agent_pos) / self.action_scale
-            else:
-                action = (contact - state.agent_pos) / self.action_scale
-                if np.linalg.norm(contact - state.agent_pos) < 15.0:
-                    self.phase = "push"
-                    self.steps_left = int(self.rng.integers(self.push_steps[0], self.push_steps[1] + 1))
-            if self.phase == "approach" and self.steps_left <= 0:
-                self.phase = "plan"  # unreachable or too slow: plan another push next step
+            action = self.approach(state, center)
         if self.phase == "push":
             action = self.direction * self.rng.uniform(0.3, 0.8)
             self.steps_left -= 1
             if self.steps_left <= 0:
+                self.phase = "plan"
+        action = action + self.rng.normal(0.0, self.noise, size=2)
+        return np.clip(action, -1.0, 1.0)
+
+
+class DelayedGlidePolicy(WeakExpertPolicy):
+    """The delayed-glide task's data policy: push and release, wander for ``K`` steps, push and release again.
+
+    Each episode draws its delay ``K`` from :data:`GLIDE_DELAYS`. A push walks behind the block
+    (:meth:`WeakExpertPolicy.approach`, near its centre so it slides more than it turns), drives
+    through it towards the board's centre for ``push_steps`` model steps at speed 0.7-0.9, then
+    releases: the agent backs away, so what the block does next is the physics alone (it stops dead
+    without damping and glides tens of pixels with it). After the first release the agent wanders
+    ``K`` steps keeping clear of the block (it is pushed away from the block's centre of gravity and
+    from the walls), then pushes again; after the second release it wanders until the episode ends.
+    ``phase`` and ``releases`` say where it is.
+    """
+
+    CLEARANCE = 130.0  # px from the block's centre of gravity the wandering agent keeps
+
+    def __init__(self, action_scale: float = 100.0, noise: float = 0.05) -> None:
+        super().__init__(action_scale, goal_xy=(256.0, 256.0), goal_bias=1.0, noise=noise, push_steps=(2, 3))
+
+    def reset(self, rng: np.random.Generator) -> None:
+        super().reset(rng)
+        self.delay = int(rng.choice(GLIDE_DELAYS))
+        self.releases = 0
+        self.release_left = 0
+        self.wander_left = 0
+
+    def _plan_push(self, center: np.ndarray) -> None:
+        super()._plan_push(center)
+        self.offset = self.rng.uniform(-10.0, 10.0)
+
+    def _wander(self, state: PushTState, center: np.ndarray) -> np.ndarray:
+        action = self.rng.uniform(-0.5, 0.5, size=2)
+        away = state.agent_pos - center
+        distance = float(np.linalg.norm(away))
+        if distance < self.CLEARANCE:
+            action += 0.8 * away / max(distance, 1e-6)
+        inward = (np.array([256.0, 256.0]) - state.agent_pos) / 256.0
+        return action + 0.3 * inward
+
+    def __call__(self, state: PushTState) -> np.ndarray:
+        center = self.center_of_gravity(state.block_pose)
+        if self.phase == "plan":
+            self._plan_push(center)
+        if self.phase == "approach":
+            action = self.approach(state, center)
+        if self.phase == "push":
+            action = self.direction * self.rng.uniform(0.7, 0.9)
+            self.steps_left -= 1
+            if self.steps_left <= 0:
+                self.phase, self.releases, self.release_left = "release", self.releases + 1, 2
+        elif self.phase == "release":
+            action = -self.direction * 0.6
+            self.release_left -= 1
+            if self.release_left <= 0:
+                self.phase = "wander"
+                self.wander_left = self.delay if self.releases == 1 else 10**9
+        elif self.phase == "wander":
+            action = self._wander(state, center)
+            self.wander_left -= 1
+            if self.wander_left <= 0:
                 self.phase = "plan"
         action = action + self.rng.normal(0.0, self.noise, size=2)
         return np.clip(action, -1.0, 1.0)
@@ -144,6 +219,7 @@ POLICIES: dict[str, type] = {
     "weak-expert": WeakExpertPolicy,
     "expert": ExpertPolicy,
     "noisy-expert": ExpertPolicy,
+    "delayed-glide": DelayedGlidePolicy,
 }
 
 
@@ -159,6 +235,8 @@ def make_policy(name: str, action_scale: float = 100.0, frameskip: int = 5) -> S
         return WeakExpertPolicy(action_scale=action_scale)
     if name == "expert":
         return ExpertPolicy(action_scale=action_scale, frameskip=frameskip)
+    if name == "delayed-glide":
+        return DelayedGlidePolicy(action_scale=action_scale)
     if name == "noisy-expert":
         return ExpertPolicy(action_scale=action_scale, frameskip=frameskip, noise=NOISY_EXPERT_NOISE, final_noise=0.0)
     return RandomPolicy()

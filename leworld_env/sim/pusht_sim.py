@@ -150,6 +150,20 @@ def sample_hidden_physics(rng: np.random.Generator) -> HiddenPhysics:
     return HiddenPhysics(**values)
 
 
+# The delayed-glide task's damping: per episode, the block stops dead (0) or glides (0.2), with equal odds.
+GLIDE_DAMPING = (0.0, 0.2)
+
+
+def sample_glide_physics(rng: np.random.Generator) -> HiddenPhysics:
+    """The delayed-glide task's physics: damping one of :data:`GLIDE_DAMPING` with equal odds, gym-pusht's
+    friction and mass (one ``rng.integers`` draw)."""
+    return HiddenPhysics(damping=GLIDE_DAMPING[int(rng.integers(len(GLIDE_DAMPING)))])
+
+
+# name -> the sampler of a hidden-physics distribution (``leworld collect --physics``).
+PHYSICS_DRAWS = {"hidden": sample_hidden_physics, "glide": sample_glide_physics}
+
+
 @dataclass(frozen=True)
 class PushTState:
     """The physical state of a PushT scene.

@@ -1,0 +1,59 @@
+"""The delayed-glide task's data: its physics draw and its push-release-wander-push policy."""
+
+import numpy as np
+import pytest
+
+from leworld_env.sim.episodes import EpisodeConfig, episode_physics, episode_seed
+from leworld_env.sim.policies import GLIDE_DELAYS, make_policy
+from leworld_env.sim.pusht_sim import GLIDE_DAMPING, PushTSim, sample_glide_physics
+from world_models.errors import LeWorldError
+
+
+def run_glide_episode(damping: float, index: int, steps: int = 60) -> tuple[list[int], np.ndarray, int]:
+    """(model steps where a release begins, block poses, the policy's delay) of one scripted episode."""
+    seq = episode_seed(5, index)
+    physics_seed = int(seq.generate_state(1)[0])
+    policy = make_policy("delayed-glide")
+    policy.reset(np.random.default_rng(seq))
+    sim = PushTSim(64, 5, 100.0, physics={"damping": damping})
+    state = sim.reset(seed=physics_seed)
+    phases, poses = [], [state.block_pose.copy()]
+    for _ in range(steps):
+        action = policy(state)
+        phases.append(policy.phase)
+        state = sim.step(action)
+        poses.append(state.block_pose.copy())
+    sim.close()
+    releases = [t for t in range(1, steps) if phases[t] == "release" and phases[t - 1] != "release"]
+    return releases, np.array(poses), policy.delay
+
+
+def test_glide_draw_gives_both_dampings_and_nothing_else():
+    rng = np.random.default_rng(0)
+    draws = [sample_glide_physics(rng) for _ in range(200)]
+    dampings = {d.damping for d in draws}
+    assert dampings == set(GLIDE_DAMPING)
+    assert 60 < sum(d.damping > 0 for d in draws) < 140
+    assert all(d.friction == 0.0 and d.block_mass == 1.0 for d in draws)
+    config = EpisodeConfig(policy="delayed-glide", hidden_physics=True, physics_draw="glide", max_steps=500)
+    assert {episode_physics(config, i).damping for i in range(20)} == set(GLIDE_DAMPING)
+
+
+def test_unknown_physics_draw_is_named():
+    with pytest.raises(LeWorldError, match=r"unknown physics draw 'sticky'.*glide, hidden"):
+        EpisodeConfig(physics_draw="sticky").validate()
+
+
+def test_the_block_stops_dead_without_damping_and_glides_with_it():
+    releases, poses, delay = run_glide_episode(0.0, 1)
+    assert delay in GLIDE_DELAYS and releases
+    still = np.linalg.norm(poses[releases[0] + 10, :2] - poses[releases[0] + 1, :2])
+    releases, poses, _ = run_glide_episode(0.2, 1)
+    glide = np.linalg.norm(poses[releases[0] + 10, :2] - poses[releases[0] + 1, :2])
+    assert still < 5.0 and glide > 30.0
+
+
+def test_second_push_comes_after_the_delay():
+    releases, _, delay = run_glide_episode(0.0, 1, steps=100)
+    assert len(releases) == 2
+    assert releases[1] - releases[0] >= delay + 2  # two release steps, the delay, then a new approach
