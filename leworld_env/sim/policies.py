@@ -131,18 +131,28 @@ class WeakExpertPolicy:
             self.phase = "plan"  # unreachable or too slow: plan another push next step
         return action
 
-    def __call__(self, state: PushTState) -> np.ndarray:
+    PUSH_SPEED = (0.3, 0.8)  # relative action along the push direction, drawn per step
+
+    def end_push(self) -> None:
+        """What follows a push: a new one is planned."""
+        self.phase = "plan"
+
+    def act(self, state: PushTState) -> np.ndarray:
+        """The action before noise: plan, approach or push."""
         center = self.center_of_gravity(state.block_pose)
         if self.phase == "plan":
             self._plan_push(center)
         if self.phase == "approach":
             action = self.approach(state, center)
         if self.phase == "push":
-            action = self.direction * self.rng.uniform(0.3, 0.8)
+            action = self.direction * self.rng.uniform(*self.PUSH_SPEED)
             self.steps_left -= 1
             if self.steps_left <= 0:
-                self.phase = "plan"
-        action = action + self.rng.normal(0.0, self.noise, size=2)
+                self.end_push()
+        return action
+
+    def __call__(self, state: PushTState) -> np.ndarray:
+        action = self.act(state) + self.rng.normal(0.0, self.noise, size=2)
         return np.clip(action, -1.0, 1.0)
 
 
@@ -160,6 +170,7 @@ class DelayedGlidePolicy(WeakExpertPolicy):
     """
 
     CLEARANCE = 130.0  # px from the block's centre of gravity the wandering agent keeps
+    PUSH_SPEED = (0.7, 0.9)
 
     def __init__(self, action_scale: float = 100.0, noise: float = 0.05) -> None:
         super().__init__(action_scale, goal_xy=(256.0, 256.0), goal_bias=1.0, noise=noise, push_steps=(2, 3))
@@ -184,30 +195,22 @@ class DelayedGlidePolicy(WeakExpertPolicy):
         inward = (np.array([256.0, 256.0]) - state.agent_pos) / 256.0
         return action + 0.3 * inward
 
-    def __call__(self, state: PushTState) -> np.ndarray:
-        center = self.center_of_gravity(state.block_pose)
-        if self.phase == "plan":
-            self._plan_push(center)
-        if self.phase == "approach":
-            action = self.approach(state, center)
-        if self.phase == "push":
-            action = self.direction * self.rng.uniform(0.7, 0.9)
-            self.steps_left -= 1
-            if self.steps_left <= 0:
-                self.phase, self.releases, self.release_left = "release", self.releases + 1, 2
-        elif self.phase == "release":
-            action = -self.direction * 0.6
+    def end_push(self) -> None:
+        self.phase, self.releases, self.release_left = "release", self.releases + 1, 2
+
+    def act(self, state: PushTState) -> np.ndarray:
+        if self.phase == "release":
             self.release_left -= 1
             if self.release_left <= 0:
                 self.phase = "wander"
                 self.wander_left = self.delay if self.releases == 1 else 10**9
-        elif self.phase == "wander":
-            action = self._wander(state, center)
+            return -self.direction * 0.6
+        if self.phase == "wander":
             self.wander_left -= 1
             if self.wander_left <= 0:
                 self.phase = "plan"
-        action = action + self.rng.normal(0.0, self.noise, size=2)
-        return np.clip(action, -1.0, 1.0)
+            return self._wander(state, self.center_of_gravity(state.block_pose))
+        return super().act(state)
 
 
 # The expert's action noise for data: DINO-WM's data is noisy; near the goal the noise is off, so the
