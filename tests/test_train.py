@@ -61,6 +61,8 @@ def tiny_run(short_dataset, tmp_path_factory):
         "10",
         "--probe-steps",
         "50",
+        "--recalibration-batches",
+        "2",
         "--quiet",
     )
     assert result.returncode == 0, result.stderr
@@ -106,7 +108,15 @@ def test_existing_run_needs_resume(tiny_run, short_dataset):
 
 def test_resumed_run_equals_an_uninterrupted_one(short_dataset, tmp_path, monkeypatch):
     common = dict(
-        data=str(short_dataset), batch_size=8, val_every=1000, checkpoint_every=4, probe_steps=10, warmup=3, steps=8
+        data=str(short_dataset),
+        batch_size=8,
+        val_every=1000,
+        checkpoint_every=4,
+        probe_steps=10,
+        warmup=3,
+        steps=8,
+        recalibration_batches=1,
+        probe_clips=256,
     )
     straight = train(TrainConfig(out=str(tmp_path / "straight"), **common), progress=False)
 
@@ -180,6 +190,8 @@ def test_torchrun_two_processes_train_validate_and_save(short_dataset, tmp_path)
             "2",
             "--probe-steps",
             "10",
+            "--recalibration-batches",
+            "2",
             "--quiet",
         ],
         capture_output=True,

@@ -32,7 +32,9 @@ torch.set_num_threads(1)
 
 def tiny(data: Path, out: Path, **overrides) -> TrainConfig:
     """A LeWM run of a few steps on the short dataset (no validation, a short probe)."""
-    settings = dict(batch_size=4, steps=6, val_every=1000, checkpoint_every=1000, probe_steps=5, warmup=1)
+    settings = dict(
+        batch_size=4, steps=6, val_every=1000, checkpoint_every=1000, probe_steps=5, warmup=1, recalibration_batches=1
+    )
     return TrainConfig(data=str(data), out=str(out), **{**settings, **overrides})
 
 

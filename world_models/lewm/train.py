@@ -99,6 +99,7 @@ class TrainConfig:
     seed: int = 0
     probe_steps: int = setting(1500, minimum=1)
     probe_clips: int = setting(4000, minimum=1)
+    recalibration_batches: int = setting(16, minimum=1)  # of 256 clips at the end; validation uses half
     threads: int = setting(0, minimum=0)  # 0: torch's default
     pose_weight: float | None = None  # None: the preset's (0 for all but tiny_cnn_pose)
 
@@ -481,7 +482,7 @@ def log_step(
     bar.set_postfix(loss=f"{out_step['loss'].item():.4f}")
 
 
-def recalibrate(model: LeWM, clips: PushTClips, seed: int, batches: int = 8, batch_size: int = 256) -> None:
+def recalibrate(model: LeWM, clips: PushTClips, seed: int, batches: int, batch_size: int = 256) -> None:
     """BatchNorm recalibration on training clips drawn from their own generator (the training
     sampler's sequence is left untouched)."""
     rng = np.random.default_rng(seed)
@@ -490,7 +491,7 @@ def recalibrate(model: LeWM, clips: PushTClips, seed: int, batches: int = 8, bat
 
 
 def validate(model: LeWM, train_clips: PushTClips, val_clips: PushTClips, cfg: TrainConfig, writer, step: int) -> None:
-    recalibrate(model, train_clips, cfg.seed)
+    recalibrate(model, train_clips, cfg.seed, batches=max(1, cfg.recalibration_batches // 2))
     with torch.no_grad():
         losses = {"loss": 0.0, "prediction": 0.0, "sigreg": 0.0}
         if model.cfg.pose_weight > 0:
@@ -522,7 +523,7 @@ def validate(model: LeWM, train_clips: PushTClips, val_clips: PushTClips, cfg: T
 def finish(model: LeWM, cfg: TrainConfig, folder: Path, writer, train_clips: PushTClips) -> None:
     """Recalibrate BatchNorm, fit the probe on training episodes, score it on validation episodes,
     write the model folder."""
-    recalibrate(model, train_clips, cfg.seed, batches=16)
+    recalibrate(model, train_clips, cfg.seed, batches=cfg.recalibration_batches)
     probe, r2, info = fit_dataset_probe(
         model, cfg.data, cfg.val_fraction, frames=cfg.probe_clips, steps=cfg.probe_steps, seed=cfg.seed
     )
@@ -561,6 +562,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every)
     p.add_argument("--probe-steps", type=positive_int, default=defaults.probe_steps)
     p.add_argument(
+        "--recalibration-batches",
+        type=positive_int,
+        default=defaults.recalibration_batches,
+        help="batches of 256 clips that recompute BatchNorm statistics at the end (validation: half; "
+        f"{defaults.recalibration_batches})",
+    )
+    p.add_argument(
         "--pose-weight",
         type=non_negative_float,
         help="weight of the pose-aware auxiliary loss (not LeWM's; default: the preset's, 0 but for tiny_cnn_pose)",
@@ -586,6 +594,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         steps=args.steps,
         val_every=args.val_every,
         probe_steps=args.probe_steps,
+        recalibration_batches=args.recalibration_batches,
         pose_weight=args.pose_weight,
         warmup=min(300, max(1, args.steps // 10)),
     )
