@@ -3,18 +3,16 @@
 import numpy as np
 import pytest
 
-from leworld_env.sim.episodes import EpisodeConfig, episode_physics, episode_seed
-from leworld_env.sim.policies import GLIDE_DELAYS, make_policy
+from leworld_env.sim.episodes import EpisodeConfig, episode_physics, episode_policy, episode_seed
+from leworld_env.sim.policies import GLIDE_DELAYS
 from leworld_env.sim.pusht_sim import GLIDE_DAMPING, PushTSim, sample_glide_physics
 from world_models.errors import LeWorldError
 
 
 def run_glide_episode(damping: float, index: int, steps: int = 60) -> tuple[list[int], np.ndarray, int]:
     """(model steps where a release begins, block poses, the policy's delay) of one scripted episode."""
-    seq = episode_seed(5, index)
-    physics_seed = int(seq.generate_state(1)[0])
-    policy = make_policy("delayed-glide")
-    policy.reset(np.random.default_rng(seq))
+    physics_seed = int(episode_seed(5, index).generate_state(1)[0])
+    policy = episode_policy(EpisodeConfig(policy="delayed-glide", seed=5), index)
     sim = PushTSim(64, 5, 100.0, physics={"damping": damping})
     state = sim.reset(seed=physics_seed)
     phases, poses = [], [state.block_pose.copy()]
@@ -57,3 +55,22 @@ def test_second_push_comes_after_the_delay():
     releases, _, delay = run_glide_episode(0.0, 1, steps=100)
     assert len(releases) == 2
     assert releases[1] - releases[0] >= delay + 2  # two release steps, the delay, then a new approach
+
+
+def test_the_ablation_finds_both_releases_in_collected_data(tmp_path):
+    """benchmarks/glide_memory_ablation.py starts its windows at the second release it reads from a
+    dataset's infos/contact; in a collected episode both releases are there, the delay apart."""
+    from benchmarks.glide_memory_ablation import releases
+    from leworld_env.sim.collect import CollectConfig, collect
+    from world_models.data.dataset import read_episode
+
+    config = CollectConfig(
+        policy="delayed-glide", episodes=1, max_steps=500, seed=3, hidden_physics=True, physics_draw="glide"
+    )
+    data = collect(config, tmp_path / "glide", progress=False)
+    steps = read_episode(data, 0)
+    found = releases(steps.contact)
+    delay = episode_policy(EpisodeConfig(policy="delayed-glide", seed=3), 0).delay
+    assert steps.contact.shape == (100,) and steps.contact.any() and not steps.contact.all()
+    assert len(found) >= 2 and found[1] - found[0] >= delay + 2
+    assert not steps.contact[found[0] : found[0] + delay].any()  # the wander keeps clear of the block

@@ -184,15 +184,20 @@ def run_policy(config: EpisodeConfig, sim: PushTSim, policy: ScriptedPolicy, rec
     return config.max_steps
 
 
+def episode_policy(config: EpisodeConfig, index: int) -> ScriptedPolicy:
+    """Episode ``index``'s data policy, reset on its generator (from :func:`episode_seed`): what it
+    drew at the start (the delayed-glide policy's ``delay``) can be read back without replaying it."""
+    policy = make_policy(config.policy, config.action_scale, config.frameskip)
+    policy.reset(np.random.default_rng(episode_seed(config.seed, index)))
+    return policy
+
+
 def collect_episode(config: EpisodeConfig, index: int) -> dict:
     """Run episode ``index`` of ``config`` and return it as arrays (an ``EpisodeBuffer``'s fields)."""
-    seq = episode_seed(config.seed, index)
-    physics_seed = int(seq.generate_state(1)[0])
-    rng = np.random.default_rng(seq)
+    physics_seed = int(episode_seed(config.seed, index).generate_state(1)[0])
     physics = episode_physics(config, index)
     sim = PushTSim(config.image_size, config.frameskip, config.action_scale, physics=physics)
-    policy = make_policy(config.policy, config.action_scale, config.frameskip)
-    policy.reset(rng)
+    policy = episode_policy(config, index)
     sim.reset(seed=physics_seed)
     recorder = EpisodeRecorder(config.max_steps, config.image_size)
     steps = run_policy(config, sim, policy, recorder)

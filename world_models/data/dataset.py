@@ -226,11 +226,14 @@ class EpisodeSteps:
         state: float64 (K + 1, 5): agent x, y, block x, y, angle at model steps 0..K.
         actions: float32 (K, 2): the relative action held over model step k.
         frameskip: physics steps per model step.
+        contact: bool (K,): whether the agent touched the block during model step k (any of its
+            physics steps; ``infos/contact``), all False for a dataset without it.
     """
 
     state: np.ndarray
     actions: np.ndarray
     frameskip: int
+    contact: np.ndarray
 
 
 def read_episode(path: str | Path, index: int) -> EpisodeSteps:
@@ -253,6 +256,11 @@ def read_episode(path: str | Path, index: int) -> EpisodeSteps:
             frames = slice(0, n_actions * fs + 1, fs)
             state = np.concatenate([obs["agent_pos"][frames], obs["block_pose"][frames]], axis=1)
             actions = np.asarray(actions_data[0 : n_actions * fs : fs], dtype=np.float32)
+            touching = f[f"episode_{int(index)}"].get("infos/contact")
+            if isinstance(touching, h5py.Dataset) and touching.shape == (steps + 1,):
+                contact = np.asarray(touching[1 : n_actions * fs + 1], bool).reshape(n_actions, fs).any(axis=1)
+            else:
+                contact = np.zeros(n_actions, bool)
     except DatasetError:
         raise
     except H5_ERRORS as err:
@@ -261,7 +269,7 @@ def read_episode(path: str | Path, index: int) -> EpisodeSteps:
         raise DatasetError(f"{h5_file}: episode {index} is shorter than one model step ({fs} physics steps)")
     _finite(state, f"episode {index}'s agent_pos / block_pose", h5_file)
     _finite(actions, f"episode {index}'s actions", h5_file)
-    return EpisodeSteps(state=state.astype(np.float64), actions=actions, frameskip=fs)
+    return EpisodeSteps(state=state.astype(np.float64), actions=actions, frameskip=fs, contact=contact)
 
 
 @dataclass(frozen=True)
