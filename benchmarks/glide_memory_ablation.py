@@ -142,13 +142,14 @@ def readable_damping(
     return float((guess.numpy() == (val_bits > 0)).mean())
 
 
-def memory_rows(args, train, val, windows, train_windows, probe_model, groups) -> dict[str, list]:
-    """Per seed: train the episodic memory with a predictor (``--memory-steps``), freeze it, and train the
-    rows' predictor on its hard readouts exactly as the other rows (``--steps``); score it with hard
-    reads, zeroed and shuffled memories, and the fully soft read (the gap); the joint predictor with hard
-    reads; how well the hard readout tells the damping."""
-    rows: dict[str, list] = {m: [] for m in ("memory", "memory_soft", "memory_zeroed", "memory_shuffled")}
-    rows["memory_joint"] = []
+def memory_rows(args, train, val, windows, train_windows, probe_model, groups, results: dict) -> None:
+    """Per seed (each written to ``--out`` when done): train the episodic memory with a predictor
+    (``--memory-steps``), freeze it, and train the rows' predictor on its hard readouts exactly as the
+    other rows (``--steps``); score it with hard reads, zeroed and shuffled memories, and the fully soft
+    read (the gap); the joint predictor with hard reads; how well the hard readout tells the damping."""
+    rows = results["rows"]
+    for name in ("memory", "memory_soft", "memory_zeroed", "memory_shuffled", "memory_joint"):
+        rows[name] = []
     memory_cfg = EpisodicConfig(latent_dim=train.latent_dim)
     at = lambda lat, w: lat.episode_starts[w["episode"]] + w["t0"]  # noqa: E731
     for seed in args.seeds:
@@ -178,7 +179,7 @@ def memory_rows(args, train, val, windows, train_windows, probe_model, groups) -
         print(
             "memory", seed, rows["memory"][-1]["all"]["norm_mean"], rows["memory"][-1]["damping_accuracy"], flush=True
         )
-    return rows
+        atomic_write_bytes(args.out, json.dumps(results, indent=1).encode())  # each seed as it is done
 
 
 def main() -> None:
@@ -216,8 +217,7 @@ def main() -> None:
     for row in args.rows:
         if row == "memory":
             train_windows = eval_windows(args.train, train)
-            results["rows"] |= memory_rows(args, train, val, windows, train_windows, probe_model, groups)
-            atomic_write_bytes(args.out, json.dumps(results, indent=1).encode())
+            memory_rows(args, train, val, windows, train_windows, probe_model, groups, results)
             continue
         per_seed = []
         for seed in args.seeds:
