@@ -129,7 +129,7 @@ def simulate(
         (work / f"{TOP}.v").write_text(export(pred))
         (work / "tb.v").write_text(testbench(pred, windows))
         cmd = [tool, "--binary", "--timing", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", "tb"]
-        cmd += ["-Mdir", "obj", "-O1", "tb.v", f"{TOP}.v"]
+        cmd += ["-Mdir", "obj", "-O1", "-j", "0", "tb.v", f"{TOP}.v"]  # -j 0: build on every core
         built = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout, check=False)
         if built.returncode:
             raise RuntimeError(f"verilator failed in {work}:\n{built.stdout[-2000:]}{built.stderr[-3000:]}")
