@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ from world_models.files import (
     sha256_bytes,
 )
 from world_models.interface import WorldModel
+from world_models.training import cosine_decay
 
 FORMAT = "leworld-distilled-planner"
 VERSION = 1
@@ -459,9 +459,7 @@ def fit_student(
         for k in ("z", "a", "goal")
     )
     optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    schedule = cosine_decay(optimizer, steps)
     losses: dict[str, float] = {}
     for step in tqdm(range(steps), desc="fitting the student", unit="step", disable=not progress):
         index = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)

@@ -235,8 +235,10 @@ def test_ppo_in_the_dream_is_evaluated_on_the_real_twin(tmp_path):
     assert load_policy(resumed).num_timesteps >= 3072
 
 
+@pytest.mark.slow
 def test_example_plans_one_real_episode():
-    """examples/plan_one_episode.py, as a user copies it: full CEM, ten decisions at most."""
+    """examples/plan_one_episode.py, as a user copies it: full CEM, ten decisions at most (~40 s; slow:
+    the same planner at the same budget wins real episodes in test_planning_wins_real_episodes_on_the_strict_test)."""
     import subprocess
     import sys
     from pathlib import Path

@@ -44,6 +44,12 @@ def warmup_cosine(step: int, total: int, warmup: int, lr: float, floor: float) -
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def cosine_decay(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler that takes each group's learning rate from its value down to 0 over ``steps`` steps
+    on a half cosine, no warmup (call ``step()`` once per optimizer step)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Give every parameter group of ``optimizer`` the learning rate ``lr``."""
     for group in optimizer.param_groups:

@@ -10,7 +10,6 @@ it and :class:`~world_models.ensemble.PredictorEnsemble` combines it with the ba
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from world_models.errors import LeWorldError
 from world_models.interface import WorldModel
 from world_models.lewm.folder import load_model, save_model
 from world_models.lewm.model import init_weights
+from world_models.training import cosine_decay
 
 
 def _windows(
@@ -70,9 +70,7 @@ def train_head(
     predictor = type(model.predictor)(model.cfg)
     init_weights(predictor)
     optimizer = torch.optim.AdamW(predictor.parameters(), lr=learning_rate, weight_decay=1e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    schedule = cosine_decay(optimizer, steps)
     predictor.train()
     for _ in tqdm(range(steps), desc=f"head seed {seed}", unit="step", disable=not progress):
         index = torch.randint(len(z), (min(batch_size, len(z)),), generator=generator)

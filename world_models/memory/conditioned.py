@@ -15,7 +15,6 @@ an open-loop rollout from a chosen frame with the true actions (:func:`rollout`)
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from world_models.config import ModelConfig
 from world_models.data.latents import LatentEpisodes, window_starts
 from world_models.errors import LeWorldError
 from world_models.lewm.model import Predictor, init_weights
+from world_models.training import cosine_decay
 
 
 def step_inputs(latents: LatentEpisodes, extra: np.ndarray) -> np.ndarray:
@@ -71,9 +71,7 @@ def train_conditioned(
     rows = torch.from_numpy(window_rows(latents, history))
     predictor = conditioned_predictor(base, history, inputs.shape[1] - 2, seed)
     optimizer = torch.optim.AdamW(predictor.parameters(), lr=learning_rate, weight_decay=1e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    schedule = cosine_decay(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     predictor.train()
     for _ in tqdm(range(steps), desc=f"predictor h={history} seed {seed}", unit="step", disable=not progress):

@@ -11,7 +11,6 @@ through the straight-through bits.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ from world_models.errors import LeWorldError
 from world_models.lewm.model import Predictor
 from world_models.memory.conditioned import conditioned_predictor
 from world_models.memory.episodic import EpisodicConfig, EpisodicMemory, hard_reads, soft_readout, st_one_hot
+from world_models.training import cosine_decay
 
 MODES = ("hard", "soft", "zeroed", "shuffled")
 
@@ -77,9 +77,7 @@ def train_episodic(
     predictor = conditioned_predictor(base, cfg.history, memory_cfg.channels, cfg.seed)
     params = [*memory.parameters(), *predictor.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
-    )
+    schedule = cosine_decay(optimizer, cfg.steps)
     generator = torch.Generator().manual_seed(cfg.seed)
     h = cfg.history
     last: dict[str, float] = {}
