@@ -144,22 +144,34 @@ def readable_damping(
 
 def memory_rows(args, train, val, windows, train_windows, probe_model, groups, results: dict) -> None:
     """Per seed (each written to ``--out`` when done): train the episodic memory with a predictor
-    (``--memory-steps``), freeze it, and train the rows' predictor on its hard readouts exactly as the
-    other rows (``--steps``); score it with hard reads, zeroed and shuffled memories, and the fully soft
-    read (the gap); the joint predictor with hard reads; how well the hard readout tells the damping."""
+    (``--memory-steps``), freeze it, and train the rows' predictor on its hard readouts as the
+    other rows (``--steps``), but held as a rollout holds them (``--hold``); score it with hard reads,
+    zeroed and shuffled memories, and the fully soft read (the gap); the joint predictor with hard
+    reads; how well the hard readout tells the damping."""
     rows = results["rows"]
     for name in ("memory", "memory_soft", "memory_zeroed", "memory_shuffled", "memory_joint"):
         rows[name] = []
-    memory_cfg = EpisodicConfig(latent_dim=train.latent_dim)
+    memory_cfg = EpisodicConfig(latent_dim=train.latent_dim, channels=args.channels, recon_weight=args.recon_weight)
     at = lambda lat, w: lat.episode_starts[w["episode"]] + w["t0"]  # noqa: E731
     for seed in args.seeds:
-        cfg = EpisodicTrainConfig(steps=args.memory_steps, seed=seed)
+        cfg = EpisodicTrainConfig(
+            steps=args.memory_steps, seed=seed, hold=args.hold, privileged_weight=args.privileged_weight
+        )
         torch.set_num_threads(args.threads)  # numba's OpenMP start resets torch's (they share libgomp)
-        memory, joint, last = train_episodic(train, probe_model.config, memory_cfg, cfg, progress=True)
+        facts = damping_bits(train)[:, None]  # used only with --privileged-weight > 0
+        memory, joint, last = train_episodic(train, probe_model.config, memory_cfg, cfg, True, facts)
         train_extra = memory_extra(memory, train, "hard")
         torch.set_num_threads(args.threads)
         predictor = train_conditioned(
-            train, train_extra, probe_model.config, cfg.history, args.steps, args.batch_size, seed=seed, progress=True
+            train,
+            train_extra,
+            probe_model.config,
+            cfg.history,
+            args.steps,
+            args.batch_size,
+            seed=seed,
+            progress=True,
+            hold=args.hold,
         )
         for mode in ("hard", "soft", "zeroed", "shuffled"):
             extra = memory_extra(memory, val, mode, seed=seed)
@@ -192,6 +204,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--memory-steps", type=int, default=1500, help="steps training the memory itself")
+    parser.add_argument(
+        "--hold", type=int, default=max(HORIZONS) - 1, help="train on memory readouts up to this many frames stale"
+    )
+    parser.add_argument("--channels", type=int, default=4, help="memory readout channels")
+    parser.add_argument("--recon-weight", type=float, default=0.1, help="weight of the records' z_{t+1} - z_t term")
+    parser.add_argument(
+        "--privileged-weight",
+        type=float,
+        default=0.0,
+        help="train the memory's first readout channel to regress the damping bit (RMA-style; 0: off)",
+    )
     parser.add_argument("--rows", nargs="+", default=[*ROWS, "memory"], choices=[*ROWS, "memory"])
     parser.add_argument("--out", type=Path, required=True, help="JSON with every number")
     parser.add_argument("--merge", type=Path, nargs="+", help="only merge the rows of these --out files into --out")

@@ -69,7 +69,8 @@ def test_the_soft_read_with_a_peaked_chunk_choice_is_the_hard_read_on_the_bit_me
     with torch.no_grad():
         for layer in (memory.chunk_head, memory.read_chunk):  # writes and reads among chunks 0..3
             layer.weight.normal_(0, 2.0)
-            layer.bias[4:] = -1e4
+            layer.bias[1:16] = -1e4  # high nibble 0
+            layer.bias[20:] = -1e4  # low nibble 0..3
         if peaked:
             memory.read_chunk.weight.mul_(1000)
     rng = np.random.default_rng(1)

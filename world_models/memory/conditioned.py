@@ -48,6 +48,19 @@ def window_rows(latents: LatentEpisodes, history: int) -> np.ndarray:
     return latents.episode_starts[episodes][:, None] + t0s[:, None] + np.arange(-history + 1, 2)[None, :]
 
 
+def held_rows(rows: torch.Tensor, first: torch.Tensor, hold: int, generator: torch.Generator) -> torch.Tensor:
+    """The rows whose extra channels a window's positions take when they are held as in a rollout.
+
+    rows (W, h): each window's input rows; first (W,): the first row of its episode. Each window
+    draws an anchor 0 .. ``hold`` rows before its last input row (not before ``first``); positions
+    from the anchor on take the anchor's extra channels, earlier ones their own. A rollout of H steps
+    (:func:`windows_from`) holds frame t0's channels for up to H - 1 rows, so ``hold = H - 1`` trains
+    on every staleness it will see; an anchor never lies after its position (no future reads)."""
+    back = torch.randint(hold + 1, (len(rows), 1), generator=generator)
+    anchor = torch.maximum(rows[:, -1:] - back, first[:, None])
+    return torch.minimum(rows, anchor)
+
+
 def train_conditioned(
     latents: LatentEpisodes,
     extra: np.ndarray,
@@ -58,25 +71,34 @@ def train_conditioned(
     learning_rate: float = 1e-3,
     seed: int = 0,
     progress: bool = False,
+    hold: int = 0,
 ) -> Predictor:
     """Train a :func:`conditioned_predictor` on every window of ``latents`` with ``extra`` beside the actions.
 
     AdamW with a cosine schedule, as the ensemble heads (:mod:`world_models.lewm.heads`); batches are
-    drawn from a ``torch.Generator`` seeded with ``seed``.
+    drawn from a ``torch.Generator`` seeded with ``seed``. ``hold > 0`` feeds each window the extra
+    channels as a rollout would hold them (:func:`held_rows`): for channels that change within an
+    episode (a memory's readout) teacher forcing otherwise trains on fresher channels than any
+    rollout gives.
     """
     from tqdm import tqdm
 
     inputs = torch.from_numpy(step_inputs(latents, extra))
     z = torch.from_numpy(np.ascontiguousarray(latents.z, np.float32))
     rows = torch.from_numpy(window_rows(latents, history))
+    firsts = torch.from_numpy(latents.episode_starts[np.searchsorted(latents.episode_starts, rows[:, 0], "right") - 1])
     predictor = conditioned_predictor(base, history, inputs.shape[1] - 2, seed)
     optimizer = torch.optim.AdamW(predictor.parameters(), lr=learning_rate, weight_decay=1e-3)
     schedule = cosine_decay(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     predictor.train()
     for _ in tqdm(range(steps), desc=f"predictor h={history} seed {seed}", unit="step", disable=not progress):
-        r = rows[torch.randint(len(rows), (min(batch_size, len(rows)),), generator=generator)]
-        loss = torch.nn.functional.mse_loss(predictor(z[r[:, :-1]], inputs[r[:, :-1]]), z[r[:, 1:]])
+        pick = torch.randint(len(rows), (min(batch_size, len(rows)),), generator=generator)
+        r = rows[pick]
+        u = inputs[r[:, :-1]]
+        if hold > 0:
+            u = torch.cat([u[..., :2], inputs[held_rows(r[:, :-1], firsts[pick], hold, generator), 2:]], dim=-1)
+        loss = torch.nn.functional.mse_loss(predictor(z[r[:, :-1]], u), z[r[:, 1:]])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -6,10 +6,12 @@ records) of :data:`RECORD_WORDS` = 4 words. A record is 128 bits: 127 learned bi
 flag (bit 127), so an empty record (all zeros) is told apart from any written one.
 
 * **Write**, once per real step t -> t + 1: the transition x = [z_t, a_t, z_{t+1} - z_t] goes
-  through an MLP; the record is the signs of one head, the chunk the argmax of another (256 logits).
+  through an MLP; the record is the signs of one head, the chunk the argmax of another's 256 logits,
+  a product key (:func:`chunk_logits`: 16 high-nibble plus 16 low-nibble scores, so a head has 32
+  outputs, not 256).
   Within its chunk a record goes to the next place of a ring of 64 (the chunk's write count mod 64):
   a chunk holds its 64 latest records, and older ones are overwritten.
-* **Read**, at frame t: from [z_t, z_t - z_{t-1}] a query picks a chunk (the argmax of 256 logits)
+* **Read**, at frame t: from [z_t, z_t - z_{t-1}] a query picks a chunk (a product key as the write's)
   and an attention query; the chunk's 256 words are read, its written records pooled by attention
   (softmax of query . key(record bits)) into a 128-bit mixture; a linear readout maps it to
   :attr:`EpisodicConfig.channels` channels, which the predictor takes beside the action
@@ -27,6 +29,7 @@ to route from there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +40,7 @@ from numba_kernels import bitmem
 RECORD_WORDS = 4
 RECORD_BITS = RECORD_WORDS * bitmem.WORD_BITS  # 128: 127 learned + the written flag
 CHUNKS = 256
+KEY_SIDE = 16  # a chunk is a product key: high nibble x low nibble, 16 x 16 = 256
 CHUNK_RECORDS = 64
 CHUNK_WORDS = CHUNK_RECORDS * RECORD_WORDS  # 256
 assert CHUNKS * CHUNK_WORDS == bitmem.WORDS
@@ -53,7 +57,7 @@ class EpisodicConfig:
         attention_dim: width of the read's attention query and the records' keys.
         channels: readout channels the predictor takes beside the action.
         recon_weight: weight of the records' reconstruction of z_{t+1} - z_t.
-        read_bias: initial read logit of chunk 0 (where every write starts).
+        read_bias: initial logit of chunk 0 for writes and reads (where every record starts).
     """
 
     latent_dim: int = 64
@@ -77,6 +81,14 @@ def st_one_hot(logits: torch.Tensor) -> torch.Tensor:
     return soft + (hard - soft).detach()
 
 
+def chunk_logits(keys: Any) -> Any:
+    """Product-key chunk logits: a head's 2 x 16 outputs (..., 32) -> (..., 256), chunk 16 i + j scoring
+    high[i] + low[j]; its argmax is (argmax high, argmax low), its softmax the outer product of theirs.
+    numpy arrays or torch tensors."""
+    logits = keys[..., :KEY_SIDE, None] + keys[..., None, KEY_SIDE:]
+    return logits.reshape(*keys.shape[:-1], CHUNKS)
+
+
 class EpisodicMemory(nn.Module):
     """The write, read and readout networks of the episodic bit memory (see the module docstring)."""
 
@@ -86,8 +98,8 @@ class EpisodicMemory(nn.Module):
         d = cfg.latent_dim
         self.write = nn.Sequential(nn.Linear(2 * d + cfg.action_dim, cfg.hidden), nn.GELU())
         self.record_head = nn.Linear(cfg.hidden, RECORD_BITS - 1)
-        self.chunk_head = nn.Linear(cfg.hidden, CHUNKS)
-        self.read_chunk = nn.Linear(2 * d, CHUNKS)
+        self.chunk_head = nn.Linear(cfg.hidden, 2 * KEY_SIDE)
+        self.read_chunk = nn.Linear(2 * d, 2 * KEY_SIDE)
         self.read_query = nn.Linear(2 * d, cfg.attention_dim)
         self.key = nn.Linear(RECORD_BITS, cfg.attention_dim)
         self.readout = nn.Linear(RECORD_BITS, cfg.channels)
@@ -96,7 +108,7 @@ class EpisodicMemory(nn.Module):
             for layer in (self.chunk_head, self.read_chunk):
                 layer.weight.zero_()
                 layer.bias.zero_()
-            self.read_chunk.bias[0] = cfg.read_bias
+                layer.bias[[0, KEY_SIDE]] = cfg.read_bias / 2
 
     def transitions(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Episodes z (B, L, D), a (B, L, A) -> for each of the L - 1 transitions: the record (B, L-1, 128)
@@ -107,14 +119,14 @@ class EpisodicMemory(nn.Module):
         bits = st_sign(self.record_head(h))
         record = torch.cat([bits, torch.ones_like(bits[..., :1])], dim=-1)
         recon = torch.nn.functional.mse_loss(self.recon(bits), delta)
-        return record, st_one_hot(self.chunk_head(h)), recon
+        return record, st_one_hot(chunk_logits(self.chunk_head(h))), recon
 
     def reads(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For every frame of z (B, L, D), from [z_t, z_t - z_{t-1}] (no motion at frame 0): the read
         chunk logits (B, L, 256) and the attention query (B, L, attention_dim)."""
         motion = torch.cat([torch.zeros_like(z[:, :1]), z[:, 1:] - z[:, :-1]], dim=1)
         x = torch.cat([z, motion], dim=-1)
-        return self.read_chunk(x), self.read_query(x)
+        return chunk_logits(self.read_chunk(x)), self.read_query(x)
 
     def scores(self, query: torch.Tensor, record: torch.Tensor) -> torch.Tensor:
         """Attention scores query (..., L, A) . key(record) (..., S, A) / sqrt(A): (..., L, S)."""
