@@ -233,3 +233,5 @@ def test_bench_memory_quick_prints_ratios(capsys):
                 kernel,
                 envs,
             )
+    stateful = [line for line in out.splitlines() if "per-env bit memories" in line]
+    assert len(stateful) == 1 and "16 envs" in stateful[0] and "x memory taken out" in stateful[0]

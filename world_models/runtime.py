@@ -58,12 +58,26 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, *
             ``numba`` (also the default, ``None``) or ``torch`` runs the frozen encoder model (encode,
             probe) on that backend; the memory networks always run on torch and the bit memory on
             numba kernels. Any other backend, and any option, is refused.
+            For an episodic memory model folder (``"kind": "episodic"``, docs/leworld_memory.md):
+            ``numba`` (the default) runs encoder, predictor and memory on numba kernels, ``torch`` the
+            encoder and predictor on torch; it returns a stateful
+            :class:`~world_models.memory.episodic_runtime.EpisodicRuntime`.
         kwargs: for ``esp32`` and ``fpga`` only: ``port`` (required: a device path such as
             ``/dev/ttyUSB0`` or a pyserial URL such as ``socket://HOST:PORT``), ``timeout``
             (seconds per call, 2), ``retries`` (3) and ``baud`` (921600).
     """
     if Path(name_or_path).is_dir():
+        from world_models.memory.episodic_runtime import EpisodicRuntime, is_episodic_folder
         from world_models.memory.runtime import LeWorldRuntime, encoder_model_of, is_leworld_folder
+
+        if is_episodic_folder(name_or_path):  # the episodic memory: numba predictor, bit memory and nets
+            if backend not in (None, "numba", "torch") or kwargs:
+                raise LeWorldError(
+                    f"{name_or_path}: an episodic memory model takes backend 'numba' (the default) or 'torch', "
+                    f"got {backend!r}"
+                )
+            encoder = open_model(encoder_model_of(name_or_path), backend or "numba")
+            return EpisodicRuntime(name_or_path, encoder, backend or "numba")
 
         if is_leworld_folder(name_or_path):  # a LeWorld memory model: torch networks + numba memory
             if backend not in (None, *MEMORY_BACKENDS) or kwargs:

@@ -117,7 +117,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
             "device: an ESP32 emulator on a pty at common baud rates (and no link model): a small command's round "
             "trip, predict at batch 1 and 16 against in-process numba-q4; the FPGA emulator's predict and error. "
             "memory: the numba bit-memory kernels (pack/unpack bits, range reads and writes of bits and words) "
-            "over 1, 64 and 256 envs of 65,536 words against numpy references, and a memory copy."
+            "over 1, 64 and 256 envs of 65,536 words against numpy references, and a memory copy; the 256-env "
+            "dream over an episodic memory model (--model, else an untrained one) with its per-env memories "
+            "against the same env with them taken out."
         ),
     )
     p.add_argument("target", choices=BENCH_TARGETS, help="what to measure")
@@ -132,7 +134,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history", type=positive_int, default=3, help="context model steps (3)")
     p.add_argument("--num-preds", type=positive_int, default=1, help="predicted model steps (1)")
     p.add_argument("--preset", default="tiny", help="model preset for train (tiny)")
-    p.add_argument("--model", default="pusht-tiny", help="model for kernels and env (shipped name or folder)")
+    p.add_argument(
+        "--model",
+        default="pusht-tiny",
+        help="model for kernels and env (shipped name or folder); for memory, an episodic model folder",
+    )
     p.add_argument("--size", type=positive_int, default=4096, help="square matrix side for kernels (4096)")
     p.add_argument("--quick", action="store_true", help="shorter timing windows (smoke runs)")
     p.add_argument("--json", type=output_path, help="also write the results as JSON here")

@@ -11,6 +11,10 @@ frame's latent repeated, with zero actions (a zero action holds the agent's
 target where it stands), which is what the real twin does too. A frame shows no
 velocity, so the start's recorded agent velocity (which the real twin restores)
 does not reach the dream.
+
+A stateful world model (an episodic memory model, ``model.stateful``) gets one bit memory per
+episode here: emptied when the episode starts, read before each model step (the readout rides
+beside each history step's action), written with each predicted transition, never rebuilt.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ class DreamBatch(Episodes):
         self.probed = np.zeros((num_envs, 5), np.float32)
         self.disagreement = np.zeros(num_envs, np.float32)  # the last step's, with an ensemble
         self._fixed_goal_latent: np.ndarray | None = None
+        self.memory = model.new_memory(num_envs) if getattr(model, "stateful", False) else None
+        if self.memory is not None:  # each history step's readout channels, beside its action
+            self.extra = np.zeros((num_envs, self.length, model.channels), np.float32)
 
     # ------------------------------------------------------------------ episodes
     def reset(
@@ -62,6 +69,9 @@ class DreamBatch(Episodes):
             z0, z_goal = z_both[: len(indices)], z_both[len(indices) :]
         self.a[indices] = 0.0
         self.disagreement[indices] = 0.0
+        if self.memory is not None:
+            self.memory.reset(indices)
+            self.extra[indices] = model.empty_readout(len(indices))[:, None]
         self.begin(indices, z0, goals, z_goal, self._probe(indices, z0))
 
     def step(self, indices: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,7 +86,9 @@ class DreamBatch(Episodes):
         spread = np.zeros(len(indices), np.float32)  # the step's largest disagreement
         for _ in range(self.setup.predicts_per_step):
             a[:, -1] = actions
-            if ensemble is None:
+            if self.memory is not None:
+                z_next = self._remember(indices, z, a)
+            elif ensemble is None:
                 z_next = model.predict(z, a)
             else:
                 z_next, disagreement = ensemble.predict_with_disagreement(z, a)
@@ -93,6 +105,17 @@ class DreamBatch(Episodes):
         if settings.disagreement_limit is not None:
             truncated = truncated | ((spread > settings.disagreement_limit) & ~terminated)
         return rewards, terminated, truncated
+
+    def _remember(self, indices: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """One model step of a stateful model: read each episode's memory at the last frame, predict
+        with the readouts beside the actions, write the predicted transition; returns z_next."""
+        model, extra = self.setup.world_model, self.extra[indices]
+        extra[:, -1] = model.read(self.memory, indices, z[:, max(-2, -z.shape[1])], z[:, -1])
+        z_next = model.predict_with(z, a, extra)
+        model.observe(self.memory, indices, z[:, -1], a[:, -1], z_next)
+        extra[:, :-1] = extra[:, 1:]
+        self.extra[indices] = extra
+        return z_next
 
     def _probe(self, indices: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Record the state the probe reads from latents ``z`` (B, D); returns its block poses (B, 3)."""

@@ -243,6 +243,8 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         self.sim = PushTSim(config.image_size, config.frameskip, config.action_scale)
         self.episodes = Episodes(self.setup, 1)
         self._targets = np.zeros((0, 2))
+        model = self.world_model  # a stateful model carries its memory from the real frames, as in the dream
+        self.memory = model.new_memory(1) if getattr(model, "stateful", False) else None
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -255,6 +257,8 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         size = self.setup.image_size
         z = self.world_model.encode(np.stack([self.sim.frame(), draw_frames(goal_state[None], size)[0]]))
         self.episodes.begin(_HERE, z[:1], goal_state[None], z[1:], self.sim.block_pose[None])
+        if self.memory is not None:
+            self.memory.reset()
         return self._started()
 
     def _episode_physics(self, option: Any) -> HiddenPhysics:
@@ -268,11 +272,18 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         actions = check_actions(action, 1)
         targets = []
+        z = self.episodes.z[0, -1:]
         for _ in range(self.setup.predicts_per_step):
             self.sim.step(actions[0])
             targets += [self.sim.last_target] * self.sim.frameskip  # one target held over the model step
+            if self.memory is not None:  # one record per model step, from the frames before and after it
+                z_next = self.world_model.encode(self.sim.frame()[None])
+                self.world_model.observe(self.memory, _HERE, z, actions, z_next)
+                z = z_next
         self._targets = np.array(targets)
-        self.episodes.push(_HERE, self.world_model.encode(self.sim.frame()[None]))
+        if self.memory is None:
+            z = self.world_model.encode(self.sim.frame()[None])
+        self.episodes.push(_HERE, z)
         return self._stepped(self.episodes.end_step(_HERE, self.sim.block_pose[None]))
 
     def _batched_info(self) -> dict[str, np.ndarray]:

@@ -32,7 +32,8 @@ def measure(target: str, args: argparse.Namespace) -> list[BenchRow]:
     if target == "memory":
         from leworld_env.cli.bench.memory import bench_memory
 
-        return bench_memory(args.quick)
+        model = args.model if args.model != "pusht-tiny" else None
+        return bench_memory(args.quick, model=model)
     if target == "kernels":
         from leworld_env.cli.bench.kernels import bench_kernels
 

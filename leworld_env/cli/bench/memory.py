@@ -4,12 +4,18 @@ Every kernel is timed next to a straightforward numpy reference in the same run 
 ``np.unpackbits`` with ``bitorder="little"``, fancy-index gathers and scatters), over batches of 1, 64
 and 256 envs of 65,536 words each; a row's ratio is numba's rate over numpy's. A memory-copy row gives
 the scale. Before timing, each reference is checked to give the kernel's exact result.
+
+The stateful rows time the 256-env dream (``LeWorld-PushT-v0`` as a vector env) over an episodic memory
+model (``--model``, or an untrained one of the shipped encoder's sizes: the cost does not depend on the
+weights) with its memories (a read and a write per env per model step) against the same env and
+predictor with the memory taken out (every step reads the empty memory's readout).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -118,12 +124,53 @@ def _rows_for(num_envs: int, rng: np.random.Generator, min_s: float) -> list[Ben
     return rows
 
 
-def bench_memory(quick: bool = False, env_counts: tuple[int, ...] = ENV_COUNTS) -> list[BenchRow]:
+def untrained_episodic_model(folder: Path, encoder: str = "pusht-tiny") -> Path:
+    """An episodic memory model over ``encoder`` with fresh weights (for timing only), written to ``folder``."""
+    import world_models
+    from world_models.memory.conditioned import conditioned_predictor
+    from world_models.memory.episodic import EpisodicConfig, EpisodicMemory
+    from world_models.memory.episodic_runtime import save_episodic
+
+    base = world_models.load(encoder, backend="numba").config
+    memory = EpisodicMemory(EpisodicConfig(latent_dim=base.latent_dim))
+    save_episodic(folder, memory, conditioned_predictor(base, 3, memory.cfg.channels, seed=0), encoder)
+    return folder
+
+
+def stateful_dream_rows(model: str | Path | None, num_envs: int, min_s: float) -> list[BenchRow]:
+    """The dream's env steps/s over an episodic model with its per-env memories, and with them taken out."""
+    import tempfile
+
+    from leworld_env.envs.vector import LeWorldPushTVectorEnv
+    from world_models.memory.episodic_runtime import is_episodic_folder
+
+    with tempfile.TemporaryDirectory() as scratch:
+        if model is None or not is_episodic_folder(model):
+            model = untrained_episodic_model(Path(scratch) / "episodic")
+        batch = np.random.default_rng(0).uniform(-1, 1, (num_envs, 2)).astype(np.float32)
+        rates = {}
+        for name in ("without", "with"):
+            venv = LeWorldPushTVectorEnv(num_envs=num_envs, model=str(model), max_episode_steps=10_000)
+            if name == "without":
+                venv.batch.memory = None  # the same predictor, reading the empty memory's readout
+            venv.reset(seed=0)
+            rates[name] = rate(lambda venv=venv: venv.step(batch), 2, min_s) * num_envs
+    label, ratio = f"dream vector env, {num_envs} envs, episodic model", rates["with"] / rates["without"]
+    return [
+        BenchRow(f"{label}, memory taken out", rates["without"], "steps/s"),
+        BenchRow(f"{label}, per-env bit memories", rates["with"], "steps/s", "memory taken out", ratio),
+    ]
+
+
+def bench_memory(
+    quick: bool = False, env_counts: tuple[int, ...] = ENV_COUNTS, model: str | Path | None = None
+) -> list[BenchRow]:
     """Measure and return the rows of ``leworld bench memory``.
 
     Args:
-        quick: 0.05 s timing windows instead of 0.3 s (smoke runs; noisier).
+        quick: 0.05 s timing windows instead of 0.3 s (smoke runs; noisier), and the dream at 16 envs.
         env_counts: batch sizes, each a memory of [E, 65,536] uint32.
+        model: an episodic memory model folder for the stateful dream rows (default: an untrained one).
     """
     import numba
 
@@ -135,7 +182,7 @@ def bench_memory(quick: bool = False, env_counts: tuple[int, ...] = ENV_COUNTS) 
     ]
     for num_envs in env_counts:
         rows += _rows_for(num_envs, rng, min_s)
-    return rows
+    return rows + stateful_dream_rows(model, 16 if quick else 256, 3 * min_s)
 
 
 if __name__ == "__main__":  # pragma: no cover
