@@ -37,6 +37,7 @@ from world_models.data.latents import LatentEpisodes, load_latents, save_latents
 from world_models.files import atomic_write_bytes
 from world_models.memory.conditioned import rollout, train_conditioned, windows_from
 from world_models.memory.episodic import EpisodicConfig
+from world_models.memory.episodic_runtime import save_episodic
 from world_models.memory.episodic_train import EpisodicTrainConfig, memory_extra, train_episodic
 from world_models.memory.runtime import encode_dataset
 
@@ -173,6 +174,10 @@ def memory_rows(args, train, val, windows, train_windows, probe_model, groups, r
             progress=True,
             hold=args.hold,
         )
+        if args.save_model is not None and seed == args.seeds[0]:
+            info = {"trained_on": str(args.train), "memory_steps": args.memory_steps, "steps": args.steps,
+                    "hold": args.hold, "privileged_weight": args.privileged_weight, "seed": seed}  # fmt: skip
+            save_episodic(args.save_model, memory, predictor, args.model, info)
         for mode in ("hard", "soft", "zeroed", "shuffled"):
             extra = memory_extra(memory, val, mode, seed=seed)
             scores = score(predictor, val, extra, windows, cfg.history, probe_model)
@@ -214,6 +219,9 @@ def main() -> None:
         type=float,
         default=0.0,
         help="train the memory's first readout channel to regress the damping bit (RMA-style; 0: off)",
+    )
+    parser.add_argument(
+        "--save-model", type=Path, help="write the first seed's memory and predictor here (an episodic model folder)"
     )
     parser.add_argument("--rows", nargs="+", default=[*ROWS, "memory"], choices=[*ROWS, "memory"])
     parser.add_argument("--out", type=Path, required=True, help="JSON with every number")
@@ -266,13 +274,15 @@ def main() -> None:
 
 
 def merge(files: list[Path], out: Path) -> None:
-    """The rows of several runs on the same windows (same --val, same seeds) in one table, G recomputed."""
+    """The rows of several runs on the same windows (same --val) in one table, G recomputed; a row that
+    several runs hold (other seeds of it) gets all their seeds."""
     runs = [json.loads(Path(f).read_text()) for f in files]
     results = {**runs[0], "rows": {}}
     for run in runs:
         if run["windows"] != runs[0]["windows"]:
             raise SystemExit(f"{files[runs.index(run)]}: other evaluation windows than {files[0]}")
-        results["rows"] |= run["rows"]
+        for name, seeds in run["rows"].items():  # a row in several runs: its seeds joined
+            results["rows"][name] = results["rows"].get(name, []) + seeds
     groups = list(results["windows"])
     add_gap_closed(results["rows"], groups)
     atomic_write_bytes(out, json.dumps(results, indent=1).encode())

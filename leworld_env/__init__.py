@@ -8,6 +8,11 @@ Importing this package registers (Gymnasium 1.x loads no plugin entry points)::
     LeWorld-PushT-Hidden-Real-v0
                             the real twin with per-episode hidden physics (damping, friction,
                             block mass) drawn at every reset: the memory-dependent task
+    LeWorld-PushT-Glide-Real-v0
+                            the delayed-glide task on real physics: damping 0 or 0.2 per
+                            episode, 100-step episodes (docs/leworld_memory.md)
+    LeWorld-PushT-Glide-v0  its dream: the shipped episodic memory model (pusht-glide-memory),
+                            one bit memory per episode, on the numba backend
 
 ``gym.make("leworld_env:LeWorld-PushT-v0")`` imports it on the way.
 """
@@ -27,6 +32,10 @@ from leworld_env.sim.pusht_sim import (
 DREAM_ID = "LeWorld-PushT-v0"
 REAL_ID = "LeWorld-PushT-Real-v0"
 HIDDEN_REAL_ID = "LeWorld-PushT-Hidden-Real-v0"
+GLIDE_REAL_ID = "LeWorld-PushT-Glide-Real-v0"
+GLIDE_ID = "LeWorld-PushT-Glide-v0"
+GLIDE_MODEL = "pusht-glide-memory"  # the shipped episodic memory model of the delayed-glide task
+GLIDE_EPISODE_STEPS = 100  # as the task's data (leworld collect --policy delayed-glide)
 
 
 def _register() -> None:
@@ -50,12 +59,30 @@ def _register() -> None:
             max_episode_steps=DEFAULT_EPISODE_STEPS,
             kwargs={"hidden_physics": True},
         )
+    if GLIDE_REAL_ID not in gym.registry:
+        gym.register(
+            id=GLIDE_REAL_ID,
+            entry_point="leworld_env.envs.pusht:LeWorldPushTRealEnv",
+            max_episode_steps=GLIDE_EPISODE_STEPS,
+            kwargs={"hidden_physics": True, "physics_draw": "glide", "model": GLIDE_MODEL},
+        )
+    if GLIDE_ID not in gym.registry:
+        gym.register(
+            id=GLIDE_ID,
+            entry_point="leworld_env.envs.pusht:LeWorldPushTEnv",
+            vector_entry_point="leworld_env.envs.vector:LeWorldPushTVectorEnv",
+            max_episode_steps=GLIDE_EPISODE_STEPS,
+            kwargs={"model": GLIDE_MODEL},
+        )
 
 
 _register()
 
 __all__ = [
     "DREAM_ID",
+    "GLIDE_ID",
+    "GLIDE_MODEL",
+    "GLIDE_REAL_ID",
     "HIDDEN_REAL_ID",
     "REAL_ID",
     "HiddenPhysics",

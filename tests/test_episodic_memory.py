@@ -129,7 +129,7 @@ def test_a_tiny_run_on_a_delayed_task_beats_its_zeroed_memory():
             return torch.nn.functional.mse_loss(predictor(z[rows[:, :-1]], inputs[rows[:, :-1]]), z[rows[:, 1:]]).item()
 
     hard, zeroed = loss("hard"), loss("zeroed")
-    assert hard < 0.5 * zeroed, (hard, zeroed)  # measured: 0.009 against 0.055
+    assert hard < 0.5 * zeroed, (hard, zeroed)  # measured: 0.018 against 0.048 (seeds 0-3: ratio 0.36-0.45)
 
 
 def test_an_unknown_readout_mode_is_named():

@@ -74,3 +74,39 @@ def test_the_ablation_finds_both_releases_in_collected_data(tmp_path):
     assert steps.contact.shape == (100,) and steps.contact.any() and not steps.contact.all()
     assert len(found) >= 2 and found[1] - found[0] >= delay + 2
     assert not steps.contact[found[0] : found[0] + delay].any()  # the wander keeps clear of the block
+
+
+def test_the_real_twin_draws_the_glide_physics_when_told():
+    from leworld_env.envs.pusht import LeWorldPushTRealEnv
+
+    env = LeWorldPushTRealEnv(hidden_physics=True, physics_draw="glide")
+    drawn = set()
+    for seed in range(12):
+        env.reset(seed=seed)
+        drawn.add(float(env.sim.physics.damping))
+    env.close()
+    assert drawn == set(GLIDE_DAMPING)
+    with pytest.raises(ValueError, match="physics_draw"):
+        LeWorldPushTRealEnv(hidden_physics=True, physics_draw="sticky")
+
+
+def test_the_glide_envs_run_the_shipped_memory_model_offline_on_numba():
+    import gymnasium as gym
+
+    import leworld_env
+
+    dream = gym.make(leworld_env.GLIDE_ID)
+    model = dream.unwrapped.world_model
+    assert model.backend == "numba" and model.stateful and dream.spec.max_episode_steps == 100
+    dream.reset(seed=0)
+    for _ in range(4):
+        dream.step(dream.action_space.sample())
+    assert dream.unwrapped.episodes.memory.writes.sum() == 4 * dream.unwrapped.setup.predicts_per_step
+    real = gym.make(leworld_env.GLIDE_REAL_ID)
+    _, info = real.reset(seed=3)
+    real.step(real.action_space.sample())
+    _, _, _, _, info = real.step(real.action_space.sample())
+    assert float(info["physics"][0]) in GLIDE_DAMPING
+    assert real.unwrapped.memory.writes.sum() == 2 * real.unwrapped.setup.predicts_per_step
+    dream.close()
+    real.close()

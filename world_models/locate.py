@@ -38,6 +38,19 @@ def resolve_model(name_or_path: str | Path) -> Path:
     )
 
 
+def folder_kind(path: str | Path) -> str | None:
+    """The ``"kind"`` a model folder's config.json names (``"episodic"``, ``"leworld"``), a shipped
+    model's by name too; ``None`` for a LeWM folder, a file, or anything unreadable."""
+    import json
+
+    folder = Path(path) if Path(path).is_dir() else SHIPPED_DIR / str(path)
+    try:
+        kind = json.loads((folder / "config.json").read_text()).get("kind")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
 def resolve_lq40(name_or_path: str | Path, backend: str = "numba-q4") -> Path:
     """An ``.lq40`` file: given directly, or ``model.lq40`` inside a model folder or shipped model
     (``backend`` only names who needs it in the error)."""

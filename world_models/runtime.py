@@ -25,7 +25,7 @@ from typing import Any
 from world_models.backends import LOCAL_BACKENDS, open_model
 from world_models.errors import LeWorldError
 from world_models.interface import WorldModel
-from world_models.locate import DEFAULT_MODEL, has_lq40, shipped_models
+from world_models.locate import DEFAULT_MODEL, folder_kind, has_lq40, resolve_model, shipped_models
 
 __all__ = [
     "BACKENDS",
@@ -66,18 +66,18 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, backend: str | None = None, *
             ``/dev/ttyUSB0`` or a pyserial URL such as ``socket://HOST:PORT``), ``timeout``
             (seconds per call, 2), ``retries`` (3) and ``baud`` (921600).
     """
-    if Path(name_or_path).is_dir():
-        from world_models.memory.episodic_runtime import EpisodicRuntime, is_episodic_folder
-        from world_models.memory.runtime import LeWorldRuntime, encoder_model_of, is_leworld_folder
+    if folder_kind(name_or_path) == "episodic":  # an episodic memory model (a folder, or shipped by name)
+        from world_models.memory.episodic_runtime import EpisodicRuntime
+        from world_models.memory.runtime import encoder_model_of
 
-        if is_episodic_folder(name_or_path):  # the episodic memory: numba predictor, bit memory and nets
-            if backend not in (None, "numba", "torch") or kwargs:
-                raise LeWorldError(
-                    f"{name_or_path}: an episodic memory model takes backend 'numba' (the default) or 'torch', "
-                    f"got {backend!r}"
-                )
-            encoder = open_model(encoder_model_of(name_or_path), backend or "numba")
-            return EpisodicRuntime(name_or_path, encoder, backend or "numba")
+        folder = resolve_model(name_or_path)
+        if backend not in (None, "numba", "torch") or kwargs:
+            raise LeWorldError(
+                f"{folder}: an episodic memory model takes backend 'numba' (the default) or 'torch', got {backend!r}"
+            )
+        return EpisodicRuntime(folder, open_model(encoder_model_of(folder), backend or "numba"), backend or "numba")
+    if Path(name_or_path).is_dir():
+        from world_models.memory.runtime import LeWorldRuntime, encoder_model_of, is_leworld_folder
 
         if is_leworld_folder(name_or_path):  # a LeWorld memory model: torch networks + numba memory
             if backend not in (None, *MEMORY_BACKENDS) or kwargs:

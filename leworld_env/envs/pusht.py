@@ -24,7 +24,7 @@ from leworld_env.envs.task import (
     observation_space,
     start_and_goal,
 )
-from leworld_env.sim.pusht_sim import ACTION_SPACE, HiddenPhysics, PushTSim, sample_hidden_physics
+from leworld_env.sim.pusht_sim import ACTION_SPACE, PHYSICS_DRAWS, HiddenPhysics, PushTSim
 from world_models.interface import WorldModel
 
 _HERE = np.zeros(1, np.int64)  # the one episode of a single env, as an index into its bookkeeping
@@ -266,7 +266,7 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
         if option is not None:
             return HiddenPhysics.coerce(option)
         if self.hidden_physics:
-            return sample_hidden_physics(self.np_random)
+            return PHYSICS_DRAWS[self.settings.physics_draw](self.np_random)
         return HiddenPhysics()
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from leworld_env.sim.pusht_sim import PHYSICS_DRAWS
 from world_models.backends.devices.client import check_port
 from world_models.config import MIN_IMAGE_SIZE
 from world_models.errors import ArgumentError
@@ -130,6 +131,10 @@ class TaskSettings:
         hidden_physics: the real twin only: draw the episode's damping, friction and block mass
             at every reset (``LeWorld-PushT-Hidden-Real-v0``; default ``False``: gym-pusht's
             physics). The dream and the batched envs refuse ``True``.
+        physics_draw: with ``hidden_physics``, how each episode's physics is drawn: ``"hidden"``
+            (default: each field over its range, :func:`~leworld_env.sim.pusht_sim.sample_hidden_physics`)
+            or ``"glide"`` (the delayed-glide task: damping 0 or 0.2 with equal odds,
+            ``LeWorld-PushT-Glide-Real-v0``).
         terminate_on_success: end the episode (``terminated``) when ``is_success`` holds (default
             ``True``, gym-pusht's habit). ``False`` runs every episode to ``max_episode_steps``
             whatever happens, as LeWM's evaluation does (``leworld eval --protocol lewm`` sets it):
@@ -157,6 +162,7 @@ class TaskSettings:
     render_mode: str | None = None
     render_size: int = DEFAULT_RENDER_SIZE
     hidden_physics: bool = False
+    physics_draw: str = "hidden"
     terminate_on_success: bool = True
     ensemble: tuple[str | Path, ...] = ()
     disagreement_penalty: float = 0.0
@@ -175,6 +181,7 @@ class TaskSettings:
             "goal": check_choice("goal", self.goal, GOALS),
             "reward": check_choice("reward", self.reward, REWARDS),
             "history": check_positive_int("history", self.history),
+            "physics_draw": check_choice("physics_draw", self.physics_draw, tuple(PHYSICS_DRAWS)),
         }
         for name in ("max_episode_steps", "frameskip"):
             value = getattr(self, name)

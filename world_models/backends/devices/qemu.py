@@ -82,7 +82,8 @@ def build_rv32(build_dir: str | Path | None = None, root: Path = FIRMWARE_DIR) -
     build = (Path(build_dir) if build_dir is not None else default_build_dir()).resolve()
     build.mkdir(parents=True, exist_ok=True)
     hint = " (is picolibc installed? Debian: picolibc-riscv64-unknown-elf)"
-    run_make([make, "-C", str(root / "qemu"), f"BUILD={build}"], build, "building the rv32 firmware", build / ELF, hint)
+    command = [make, "-C", str(root / "qemu"), f"-j{os.cpu_count() or 1}", f"BUILD={build}"]  # two elfs at once
+    run_make(command, build, "building the rv32 firmware", build / ELF, hint)
     return build
 
 
