@@ -44,25 +44,30 @@ def _episode(seed: int, length: int = 30, dim: int = 64) -> tuple[np.ndarray, np
     return rng.normal(0, 1, (length, dim)).astype(np.float32), rng.uniform(-1, 1, (length, 2)).astype(np.float32)
 
 
-def test_pooling_packed_records_is_softmax_attention_over_their_signs():
+def test_written_records_pool_as_softmax_attention_over_their_signs():
     from numba_kernels import bitmem
-    from numba_kernels.records import pool_records
+    from numba_kernels.records import pool_records, write_records
 
     rng = np.random.default_rng(0)
-    bits = rng.integers(0, 2, (3, 64, 128)).astype(np.uint8)
-    bits[..., 127] = rng.random((3, 64)) < 0.5  # the written flags
-    bits[2, :, 127] = 0  # env 2 holds nothing
+    signs = rng.choice([-1.0, 1.0], (3, 64, 128)).astype(np.float32)
+    signs[..., 127] = np.where(rng.random((3, 64)) < 0.5, 1.0, -1.0)  # the written flags
+    signs[2, :, 127] = -1.0  # env 2 holds nothing
+    memory = bitmem.new_memory(3)
+    base = np.array([0, 512, 1024])
+    for r in range(64):
+        write_records(memory, base + 4 * r, signs[:, r], np.ones(3, bool))
+    assert np.array_equal(bitmem.unpack_bits(memory[:, 512:516])[1], (signs[1, 0] > 0).astype(np.uint8))
     query = rng.normal(0, 0.3, (3, 128)).astype(np.float32)
-    pooled = pool_records(bitmem.pack_bits(bits).reshape(3, 256), query)
-    signs = 2.0 * bits - 1.0
+    pooled = pool_records(memory, np.arange(3), base, 64, query)
     for e in range(2):
-        rows = signs[e][bits[e, :, 127] == 1]
-        scores = rows @ query[e]
-        weights = np.exp(scores - scores.max())
+        rows = signs[e][signs[e, :, 127] > 0]
+        weights = np.exp(rows @ query[e] - (rows @ query[e]).max())
         np.testing.assert_allclose(pooled[e], weights @ rows / weights.sum(), atol=1e-5)
     assert not pooled[2].any()
     with pytest.raises(ValueError, match="query must be float32"):
-        pool_records(np.zeros((3, 256), np.uint32), query[:2])
+        pool_records(memory, np.arange(3), base, 64, query[:2])
+    with pytest.raises(ValueError, match="outside the memory"):
+        pool_records(memory, np.arange(3), base + 65536, 64, query)
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])

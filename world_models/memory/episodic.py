@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from numba_kernels import bitmem
+from numba_kernels.records import write_records
 
 RECORD_WORDS = 4
 RECORD_BITS = RECORD_WORDS * bitmem.WORD_BITS  # 128: 127 learned + the written flag
@@ -166,11 +167,6 @@ def soft_readout(
 
 
 # ---------------------------------------------------------------- the hard path, on the bit memory
-def pack_records(record: np.ndarray) -> np.ndarray:
-    """+-1 record bits [..., 128] -> uint32 words [..., 4] (bitmem's LSB-first order)."""
-    return bitmem.pack_bits((np.asarray(record) > 0).astype(np.uint8))
-
-
 def unpack_records(words: np.ndarray) -> np.ndarray:
     """uint32 words [..., 4k] -> float32 records [..., k, 128] as +-1 bits, all 0 for an empty record."""
     words = np.asarray(words, np.uint32)
@@ -197,8 +193,9 @@ class BitMemory:
         envs = np.arange(len(chunks))
         place = self.writes[envs, chunks] % CHUNK_RECORDS
         start = chunks * CHUNK_WORDS + place * RECORD_WORDS
-        bitmem.write_words(self.words, start, pack_records(records), mask)
-        self.writes[envs, chunks] += 1 if mask is None else np.asarray(mask, np.int64)
+        mask = np.ones(len(chunks), bool) if mask is None else np.asarray(mask, bool)
+        write_records(self.words, start, records, mask)
+        self.writes[envs, chunks] += mask
 
     def read_chunk(self, chunks: np.ndarray) -> np.ndarray:
         """Each env's chunk ([E] ints) as records [E, 64, 128] (+-1 bits; 0 for an empty record)."""

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from numba_kernels import bitmem
 from numba_kernels.linear import GELU, QLinear
 from numba_kernels.records import pool_records
 from world_models.config import ModelConfig
@@ -39,6 +38,7 @@ from world_models.interface import WorldModel, check_sequence
 from world_models.lewm.folder import atomic_save_tensors, load_state_checked
 from world_models.lewm.model import Predictor
 from world_models.memory.episodic import (
+    CHUNK_RECORDS,
     CHUNK_WORDS,
     RECORD_BITS,
     BitMemory,
@@ -186,12 +186,11 @@ class EpisodicRuntime(WorldModel):
         z, z_prev = self._rows("z", z), self._rows("z_prev", z_prev)
         x = np.concatenate([z, z - z_prev], axis=1)
         chunks = np.zeros(memory.words.shape[0], np.int64)
-        chunks[envs] = chunk_logits(self.nets["read_chunk"](x)).argmax(1)
-        words = bitmem.read_words(memory.words, chunks * CHUNK_WORDS, CHUNK_WORDS)[envs]
+        chunks[envs] = chunk_logits(self.nets["read_chunk"](x)).argmax(1)  # the high byte of the address
         # query . key(r) = (W_key^T query) . r + query . b_key; the second term is the same for every
         # record of a read, so the softmax drops it: one [128] vector per read instead of a key per record
         query = self.nets["read_query"](x) @ self.key_weight * self.attention_scale
-        pooled = pool_records(words, query)
+        pooled = pool_records(memory.words, envs, chunks[envs] * CHUNK_WORDS, CHUNK_RECORDS, query)
         return self.nets["readout"](pooled)
 
     def predict_with(self, z_hist: Any, a_hist: Any, extra_hist: Any) -> np.ndarray:

@@ -142,10 +142,10 @@ def stateful_dream_rows(model: str | Path | None, num_envs: int, min_s: float) -
     import tempfile
 
     from leworld_env.envs.vector import LeWorldPushTVectorEnv
-    from world_models.memory.episodic_runtime import is_episodic_folder
+    from world_models.locate import folder_kind
 
     with tempfile.TemporaryDirectory() as scratch:
-        if model is None or not is_episodic_folder(model):
+        if model is None or folder_kind(model) != "episodic":
             model = untrained_episodic_model(Path(scratch) / "episodic")
         batch = np.random.default_rng(0).uniform(-1, 1, (num_envs, 2)).astype(np.float32)
         rates = {}
