@@ -5,8 +5,9 @@ the predictor's context ``history``, the frozen encoder model it works with) and
 (``memory.*``: the write, read and readout networks; ``predictor.*``: the conditioned LeWM predictor,
 :mod:`world_models.memory.conditioned`). ``world_models.load`` on such a folder returns an
 :class:`EpisodicRuntime`: encode and probe go through the encoder model, the predictor runs on the
-numba engine (``backend="numba"``, the default, no torch) or torch, the memory networks on numba
-linear kernels and the memory itself on :mod:`numba_kernels.bitmem`.
+numba engine (``backend="numba"``, the default) or torch, the memory networks on numba linear
+kernels and the memory's reads and writes on numba kernels (:mod:`numba_kernels.records` over a
+:mod:`numba_kernels.bitmem` memory). Loading checks the weights through the torch modules.
 
 The runtime holds no episode state (one model serves many envs); an env owns the memories::
 
@@ -37,6 +38,7 @@ from world_models.files import atomic_write_bytes, read_safetensors
 from world_models.interface import WorldModel, check_sequence
 from world_models.lewm.folder import atomic_save_tensors, load_state_checked
 from world_models.lewm.model import Predictor
+from world_models.locate import folder_kind
 from world_models.memory.episodic import (
     CHUNK_RECORDS,
     CHUNK_WORDS,
@@ -56,11 +58,7 @@ MEMORY_LINEARS = ("write.0", "record_head", "chunk_head", "read_chunk", "read_qu
 
 def is_episodic_folder(path: str | Path) -> bool:
     """True when ``path`` is a folder whose config.json says ``"kind": "episodic"``."""
-    config = Path(path) / "config.json"
-    try:
-        return config.is_file() and json.loads(config.read_text()).get("kind") == KIND
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return False
+    return Path(path).is_dir() and folder_kind(path) == KIND
 
 
 def save_episodic(
