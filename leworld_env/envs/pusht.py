@@ -166,7 +166,9 @@ class LeWorldPushTEnv(_PushTGoalEnv):
     frameskip, history, max_episode_steps, render_mode, render_size, ...) as keywords, or
     ``settings=`` a ready one (keywords then replace its fields); ``hidden_physics=True`` is refused.
 
-    A step is ``frameskip / model frameskip`` calls of the model's ``predict``.
+    A step is ``frameskip / model frameskip`` calls of the model's ``predict``. A stateful model (an
+    episodic memory model, ``LeWorld-PushT-Glide-v0``) reads the episode's bit memory before each call
+    and writes the predicted transition after it (``self.episodes.memory``, emptied at reset).
     ``render()`` draws the probed state in PushT's style, with the goal tee.
     """
 
@@ -218,6 +220,11 @@ class LeWorldPushTRealEnv(_PushTGoalEnv):
     less, is dragged along), so a policy must infer it from past steps: the memory task. The plain
     real twin is its Markov control.
 
+    * ``physics_draw="glide"`` (``LeWorld-PushT-Glide-Real-v0``): the delayed-glide task's draw instead,
+      damping 0 (the block stops dead) or 0.2 (it glides) with equal odds, gym-pusht's friction and mass.
+    * A stateful ``model`` (an episodic memory model; the glide ids use the shipped one) gets one bit
+      memory (``self.memory``), emptied at reset and written once per model step from the frames
+      before and after it.
     * Reset option ``physics``: a ``HiddenPhysics`` or a dict of some of ``damping``,
       ``friction``, ``block_mass`` (the rest gym-pusht's) sets the episode's physics
       explicitly, in either env.
