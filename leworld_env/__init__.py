@@ -38,42 +38,23 @@ GLIDE_MODEL = "pusht-glide-memory"  # the shipped episodic memory model of the d
 GLIDE_EPISODE_STEPS = 100  # as the task's data (leworld collect --policy delayed-glide)
 
 
+_DREAM = {"entry_point": "leworld_env.envs.pusht:LeWorldPushTEnv",
+          "vector_entry_point": "leworld_env.envs.vector:LeWorldPushTVectorEnv"}  # fmt: skip
+_REAL = {"entry_point": "leworld_env.envs.pusht:LeWorldPushTRealEnv"}
+_GLIDE_REAL = {"hidden_physics": True, "physics_draw": "glide", "model": GLIDE_MODEL}
+_ENVS = {  # id -> (env classes, episode steps, keyword arguments)
+    DREAM_ID: (_DREAM, DEFAULT_EPISODE_STEPS, {}),
+    REAL_ID: (_REAL, DEFAULT_EPISODE_STEPS, {}),
+    HIDDEN_REAL_ID: (_REAL, DEFAULT_EPISODE_STEPS, {"hidden_physics": True}),
+    GLIDE_REAL_ID: (_REAL, GLIDE_EPISODE_STEPS, _GLIDE_REAL),
+    GLIDE_ID: (_DREAM, GLIDE_EPISODE_STEPS, {"model": GLIDE_MODEL}),
+}
+
+
 def _register() -> None:
-    if DREAM_ID not in gym.registry:
-        gym.register(
-            id=DREAM_ID,
-            entry_point="leworld_env.envs.pusht:LeWorldPushTEnv",
-            vector_entry_point="leworld_env.envs.vector:LeWorldPushTVectorEnv",
-            max_episode_steps=DEFAULT_EPISODE_STEPS,
-        )
-    if REAL_ID not in gym.registry:
-        gym.register(
-            id=REAL_ID,
-            entry_point="leworld_env.envs.pusht:LeWorldPushTRealEnv",
-            max_episode_steps=DEFAULT_EPISODE_STEPS,
-        )
-    if HIDDEN_REAL_ID not in gym.registry:
-        gym.register(
-            id=HIDDEN_REAL_ID,
-            entry_point="leworld_env.envs.pusht:LeWorldPushTRealEnv",
-            max_episode_steps=DEFAULT_EPISODE_STEPS,
-            kwargs={"hidden_physics": True},
-        )
-    if GLIDE_REAL_ID not in gym.registry:
-        gym.register(
-            id=GLIDE_REAL_ID,
-            entry_point="leworld_env.envs.pusht:LeWorldPushTRealEnv",
-            max_episode_steps=GLIDE_EPISODE_STEPS,
-            kwargs={"hidden_physics": True, "physics_draw": "glide", "model": GLIDE_MODEL},
-        )
-    if GLIDE_ID not in gym.registry:
-        gym.register(
-            id=GLIDE_ID,
-            entry_point="leworld_env.envs.pusht:LeWorldPushTEnv",
-            vector_entry_point="leworld_env.envs.vector:LeWorldPushTVectorEnv",
-            max_episode_steps=GLIDE_EPISODE_STEPS,
-            kwargs={"model": GLIDE_MODEL},
-        )
+    for env_id, (classes, steps, kwargs) in _ENVS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, **classes, max_episode_steps=steps, kwargs=kwargs)
 
 
 _register()

@@ -183,12 +183,11 @@ class EpisodicRuntime(WorldModel):
         envs = np.asarray(envs, np.int64)
         z, z_prev = self._rows("z", z), self._rows("z_prev", z_prev)
         x = np.concatenate([z, z - z_prev], axis=1)
-        chunks = np.zeros(memory.words.shape[0], np.int64)
-        chunks[envs] = chunk_logits(self.nets["read_chunk"](x)).argmax(1)  # the high byte of the address
+        chunks = chunk_logits(self.nets["read_chunk"](x)).argmax(1)  # the high byte of the address
         # query . key(r) = (W_key^T query) . r + query . b_key; the second term is the same for every
         # record of a read, so the softmax drops it: one [128] vector per read instead of a key per record
         query = self.nets["read_query"](x) @ self.key_weight * self.attention_scale
-        pooled = pool_records(memory.words, envs, chunks[envs] * CHUNK_WORDS, CHUNK_RECORDS, query)
+        pooled = pool_records(memory.words, envs, chunks * CHUNK_WORDS, CHUNK_RECORDS, query)
         return self.nets["readout"](pooled)
 
     def predict_with(self, z_hist: Any, a_hist: Any, extra_hist: Any) -> np.ndarray:
