@@ -24,12 +24,17 @@ Training, top to bottom (:func:`distill`):
    (:func:`dream_states`: every training-bank start, and where the previous student's first
    plan leads in the dream). Labels alone are memorised, not generalised (``docs/design.md``).
    10 % of episodes are held out for the validation losses.
+4. **Refinement at run time** (optional, :class:`Refinement`, ``refine`` in ``policy.json``). The
+   student's plan starts a search of two CEM rounds of 32 samples in the model (64 rollouts
+   against the teacher's 9,000), and the cheapest plan found runs: the student says where to look,
+   the model checks it. On the shipped model it takes the student from 32 % to 55-60 % of real
+   episodes (CEM: 78 %) for ~3 ms a decision (``docs/results.md``).
 
 Everything is seeded: the bank by ``seed``, the teacher's samples per episode by
 ``(seed, round, episode)``, the student's initialisation and batches by ``seed``.
 
 Files (no pickle): ``policy.json`` (format, sizes, the schedule, the action statistics,
-what it was distilled from, the SHA-256 of the weights) and ``policy.safetensors`` (the
+what it was distilled from, the refinement, the SHA-256 of the weights) and ``policy.safetensors`` (the
 MLP's weights). :func:`load_distilled` reads them; ``agents.load_policy("distilled")`` and
 ``leworld eval --agent distilled`` read the one shipped beside the default model.
 """
@@ -46,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from agents.planning import CEMPlanner, LatentPlanner, data_action_stats
-from world_models.errors import LeWorldError
+from world_models.errors import ArgumentError, LeWorldError
 from world_models.files import (
     atomic_write_bytes,
     check_finite_tensors,
@@ -94,6 +99,46 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """CEM rounds that polish a student's plan before it runs (TD-MPC's policy prior, at a small budget).
+
+    Each round samples ``samples`` standardised plans around the current mean (std ``std``; the mean
+    and the best plan so far among them), refits mean and std to the best ``topk``; the cheapest plan
+    seen is the one executed. Shipped with these defaults: 64 rollouts a plan against CEM's 9,000.
+    """
+
+    iterations: int = 2
+    samples: int = 32
+    topk: int = 4
+    std: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "samples", "topk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ArgumentError(f"refinement {name} must be a positive integer, got {value!r}")
+        if self.samples < 2:
+            raise ArgumentError(f"refinement samples must be >= 2 (the current plan and the best), got {self.samples}")
+        if self.topk > self.samples:
+            raise ArgumentError(f"refinement topk must be <= samples ({self.samples}), got {self.topk}")
+        if isinstance(self.std, bool) or not isinstance(self.std, (int, float)) or not 0 < self.std < float("inf"):
+            raise ArgumentError(f"refinement std must be a number > 0, got {self.std!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> Refinement:
+        """A refinement from ``policy.json``'s ``refine`` object (``source`` names the file in errors)."""
+        fields = {"iterations", "samples", "topk", "std"}
+        if not isinstance(data, dict) or not set(data) <= fields:
+            raise LeWorldError(
+                f"{source}: field 'refine' must be an object with keys among {sorted(fields)}, got {data!r}"
+            )
+        try:
+            return cls(**data)
+        except ArgumentError as err:
+            raise LeWorldError(f"{source}: {err}") from None
+
+
 class DistilledPlanner(LatentPlanner):
     """A planner whose plan is one MLP forward pass (see the module docstring).
 
@@ -104,6 +149,9 @@ class DistilledPlanner(LatentPlanner):
         replan_every: env steps between plans (default: the whole plan, as the teacher).
         action_mean, action_std: the standardisation the plans are in (the teacher's).
         info: what it was distilled from (kept in ``policy.json``).
+        refinement: a few CEM rounds that polish the student's plan in the model before it runs
+            (:class:`Refinement`); ``None`` runs the student's plan as it is.
+        seed: seeds the refinement's samples.
     """
 
     name = DISTILLED_NAME
@@ -118,6 +166,8 @@ class DistilledPlanner(LatentPlanner):
         action_std: Any = None,
         info: dict[str, Any] | None = None,
         folder: Path | None = None,
+        refinement: Refinement | None = None,
+        seed: int | None = 0,
     ) -> None:
         replan_every = horizon if replan_every is None else replan_every
         super().__init__(
@@ -128,8 +178,11 @@ class DistilledPlanner(LatentPlanner):
             replan_every=replan_every,
             action_mean=action_mean,
             action_std=action_std,
-            seed=None,
+            seed=seed,
         )
+        if refinement is not None and not isinstance(refinement, Refinement):
+            raise ArgumentError(f"refinement must be a Refinement or None, got {type(refinement).__name__}")
+        self.refinement = refinement
         self.layers = _check_layers(weights, self.config, horizon, folder)
         self.info = dict(info or {})
         self.folder = folder
@@ -148,11 +201,32 @@ class DistilledPlanner(LatentPlanner):
         return self.plans(plan_features(env["z"][None], env["a"][None], env["goal"][None]))[0]
 
     def _plan(self, env: dict[str, Any]) -> np.ndarray:
-        return self.plan_for(env)
+        plan = self.plan_for(env)
+        return self.refine(env, plan) if self.refinement is not None else plan
+
+    def refine(self, env: dict[str, Any], plan: np.ndarray) -> np.ndarray:
+        """The cheapest plan (horizon, A) that the refinement's CEM rounds around ``plan`` find from
+        ``env``'s history, by the planner's own cost; ``plan`` itself competes in every round, so the
+        result never costs more than it."""
+        r = self.refinement or Refinement()
+        mean, std = plan, np.full_like(plan, r.std)
+        best, best_cost = plan, np.inf
+        for _ in range(r.iterations):
+            candidates = self._sample(mean, std, r.samples)  # the first is the mean
+            candidates[1] = best
+            cost = self.standardised_costs(env, candidates)
+            order = np.argsort(cost)
+            if cost[order[0]] < best_cost:
+                best, best_cost = candidates[order[0]].copy(), float(cost[order[0]])
+            elites = candidates[order[: r.topk]]
+            mean, std = elites.mean(axis=0), elites.std(axis=0) + 1e-3
+        return best
 
     def __repr__(self) -> str:
         sizes = [w.shape[1] for w, _ in self.layers] + [self.layers[-1][0].shape[0]]
-        return f"DistilledPlanner(layers={sizes}, horizon={self.horizon}, replan_every={self.replan_every})"
+        r = self.refinement
+        refine = f", refinement={r.iterations}x{r.samples}" if r is not None else ""
+        return f"DistilledPlanner(layers={sizes}, horizon={self.horizon}, replan_every={self.replan_every}{refine})"
 
 
 def _check_layers(weights: dict[str, np.ndarray], config: Any, horizon: int, source: Path | None) -> list:
@@ -213,6 +287,7 @@ def save_distilled(student: DistilledPlanner, folder: Path) -> Path:
         "latent_dim": student.config.latent_dim,
         "action_dim": student.config.action_dim,
         "info": student.info,
+        "refine": None if student.refinement is None else asdict(student.refinement),
         "weights_sha256": sha256_bytes(data),
     }
     atomic_write_bytes(folder / POLICY_JSON, (json.dumps(config, indent=2) + "\n").encode())
@@ -257,6 +332,8 @@ def load_distilled(path: Path | str, world_model: WorldModel) -> DistilledPlanne
     check_sha256(folder / WEIGHTS_FILE, sha, str(source))
     tensors = read_safetensors(folder / WEIGHTS_FILE)
     check_finite_tensors(tensors, str(folder / WEIGHTS_FILE))
+    refine = data.get("refine")
+    refinement = None if refine is None else Refinement.from_dict(refine, str(source))
     try:
         return DistilledPlanner(
             world_model,
@@ -267,6 +344,7 @@ def load_distilled(path: Path | str, world_model: WorldModel) -> DistilledPlanne
             data.get("action_std"),
             data.get("info"),
             folder,
+            refinement,
         )
     except ValueError as err:  # ArgumentError: the schedule or the statistics
         raise LeWorldError(f"{source}: {err}") from None
@@ -545,6 +623,7 @@ class DistillConfig:
     batch_size: int = 256
     learning_rate: float = 1e-3
     cost_weight: float = 20.0  # > 0: add the teacher's cost of the student's plans (through the torch model)
+    refine: dict[str, Any] | None = None  # the final student's Refinement fields (None: its plans as they are)
     workers: int = 1
     jobs_per_round: int = 16
     progress: bool = True
@@ -643,6 +722,7 @@ def distill(config: DistillConfig) -> Path:
         student_path = save_distilled(student, out / f"round{k}")
         log.add_scalar("distill/labels", len(labels["plan"]), k)
     log.close()
+    student.refinement = None if config.refine is None else Refinement(**config.refine)
     final = save_distilled(student, out / "model")
     atomic_write_bytes(
         out / "distill.json",

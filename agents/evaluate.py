@@ -485,14 +485,17 @@ def shipped_distilled_for(world_model: Any) -> Path:
 
 
 def _distilled(path: Path, world_model: Any, planner_kwargs: dict[str, Any]) -> Any:
-    """A distilled planner; of the planner options only ``replan_every`` applies to it."""
-    from agents.distill import load_distilled
+    """A distilled planner; ``replan_every`` sets its schedule, ``iterations`` and ``samples`` its refinement
+    (:class:`~agents.distill.Refinement`: rounds and samples a round, top-k an eighth of the samples)."""
+    import dataclasses
 
-    unused = sorted(set(planner_kwargs) - {"replan_every"})
+    from agents.distill import Refinement, load_distilled
+
+    unused = sorted(set(planner_kwargs) - {"replan_every", "iterations", "samples", "topk"})
     if unused:
         raise LeWorldError(
-            f"{path}: a distilled planner has no search to tune; options {', '.join(unused)} apply to cem, icem and "
-            "mppi (it takes only --replan-every)"
+            f"{path}: options {', '.join(unused)} apply to cem, icem and mppi; a distilled planner takes "
+            "--replan-every, and --iterations / --samples for the search that refines its plans"
         )
     agent = load_distilled(path, world_model)
     if "replan_every" in planner_kwargs:
@@ -500,6 +503,13 @@ def _distilled(path: Path, world_model: Any, planner_kwargs: dict[str, Any]) -> 
         if not 1 <= every <= agent.horizon:
             raise LeWorldError(f"--replan-every must be in [1, {agent.horizon}] for {path}, got {every}")
         agent.replan_every = int(every)
+    given = {k: planner_kwargs[k] for k in ("iterations", "samples") if k in planner_kwargs}
+    if given:
+        given["topk"] = max(1, min(given.get("samples", (agent.refinement or Refinement()).samples) // 8, 30))
+        try:
+            agent.refinement = dataclasses.replace(agent.refinement or Refinement(), **given)
+        except ValueError as err:
+            raise LeWorldError(f"{path}: {err}") from None
     return agent
 
 

@@ -66,3 +66,10 @@ def test_bench_plan_times_decisions_per_backend(tmp_path):
     backends = {row["name"].rsplit(", ", 1)[1] for row in rows if row["name"].startswith("cem decision")}
     assert backends == {"numba-q4", "numba", "torch"}
     assert all(row["value"] > 0 and row["unit"] == "s" for row in rows)
+    # the shipped distilled planner: its plan with and without its refinement, and its decision
+    named = {row["name"]: row for row in rows}
+    refined = named["distilled planner plan (MLP + 2 x 32 refinement)"]
+    alone = named["distilled planner plan (one MLP pass)"]
+    decision = named["distilled planner decision, as shipped (a plan every 5 steps)"]
+    assert refined["value"] > alone["value"]  # the refinement's rollouts cost something
+    assert decision["value"] == pytest.approx(refined["value"] / 5)
