@@ -31,6 +31,14 @@ planning again (k = ``horizon`` is LeWM's: the whole 5-step plan, 2 plans per
 The planner keeps each env's latent and action history itself, as the env
 does: at an episode's start (``episode_start``, a new goal, or the first call)
 the history is the start latent repeated with zero actions.
+
+**A stateful model** (an episodic memory model, ``LeWorld-PushT-Glide-v0``'s): the planner keeps
+its own 64K x 32-bit bit memory per env, written from what it is shown -- one record per step
+from the latent before, its own action and the latent after, the records the env writes into
+the env's memory -- and read at every new frame, so its history carries the env's readouts. A
+candidate's rollout reads nothing new and writes nothing: the readout of the newest frame is
+held over the horizon, as training holds readouts (``hold``, 24 frames). ``read_memory=False``
+plans with an empty memory instead (the stateless ``predict``: the ablation).
 """
 
 from __future__ import annotations
@@ -121,6 +129,8 @@ class LatentPlanner:
             samples in standardised units ``u`` and executes ``clip(mean + std * u, -1, 1)``;
             neither = the identity.
         seed: seeds the planner's own generator.
+        read_memory: with a stateful model, keep and read a bit memory per env (the module
+            docstring); ``False`` plans with an empty memory. Ignored for a stateless model.
     """
 
     name = "planner"
@@ -137,6 +147,7 @@ class LatentPlanner:
         action_mean: Any = None,
         action_std: Any = None,
         seed: int | None = 0,
+        read_memory: bool = True,
     ) -> None:
         for field, value in (("horizon", horizon), ("samples", samples), ("iterations", iterations)):
             if int(value) < 1:
@@ -160,6 +171,11 @@ class LatentPlanner:
         self._low = (-1.0 - self.action_mean) / self.action_std
         self._high = (1.0 - self.action_mean) / self.action_std
         self.rng = np.random.default_rng(seed)
+        self.reads_memory = bool(read_memory) and bool(getattr(world_model, "stateful", False))
+        if self.reads_memory and self.action_repeat != 1:
+            raise ArgumentError(
+                "a planner reading a stateful model's memory writes one record per env step; action_repeat must be 1"
+            )
         self.plan_seconds: list[float] = []  # wall time of every plan
         self._envs: dict[int, dict[str, Any]] = {}
 
@@ -209,6 +225,22 @@ class LatentPlanner:
             actions[i] = self._next_action(env)
         return (actions[0] if single else actions), None
 
+    def observe_action(self, observation: dict[str, np.ndarray], action: Any, episode_start: bool = False) -> None:
+        """Record a step the planner did not choose: it sees ``observation`` (one env's) and then
+        ``action`` (env units) is taken, by a script or a person; its next ``predict`` plans afresh. A
+        stateful model's planner writes the step into its memory as the env does."""
+        arrays = check_observation(observation)
+        d = self.config.latent_dim
+        achieved, desired = arrays["achieved_goal"], arrays["desired_goal"]
+        if achieved.ndim != 1 or achieved.shape[0] < d or desired.shape != achieved.shape:
+            raise ArgumentError(f"observe_action takes one env's observation, got achieved_goal {achieved.shape}")
+        action = np.asarray(action, np.float32)
+        if action.shape != (self.config.action_dim,) or not np.all(np.isfinite(action)):
+            raise ArgumentError(f"action must be {self.config.action_dim} finite numbers, got {action!r}")
+        env = self._observe(0, achieved[:d], desired[:d], desired[d:], bool(episode_start))
+        env["a"][-1] = np.clip(action, -1.0, 1.0)
+        env["plan"], env["cursor"], env["warm"] = None, 0, np.zeros_like(env["warm"])
+
     def _observe(self, i: int, z: np.ndarray, goal: np.ndarray, goal_pose: np.ndarray, restart: bool) -> dict:
         """Env ``i``'s history after seeing latent ``z``: a new one at an episode's start, else shifted."""
         env = self._envs.get(i)
@@ -216,8 +248,14 @@ class LatentPlanner:
             env = self._start(z, goal, goal_pose)
             self._envs[i] = env
         else:
+            if self.reads_memory:  # the step just taken, as the env recorded it: z_{t-1}, a_{t-1} -> z_t
+                self.world_model.observe(env["memory"], [0], env["z"][-1:], env["a"][-1:], z[None])
+                env["readouts"] = np.concatenate([env["readouts"][1:], env["readouts"][-1:]])
             env["z"] = np.concatenate([env["z"][1:], z[None]])
             env["a"] = np.concatenate([env["a"][1:], np.zeros((1, self.config.action_dim), np.float32)])
+        if self.reads_memory:  # the readout at the newest frame, from it and the one before
+            before = env["z"][-2:-1] if len(env["z"]) > 1 else env["z"][-1:]
+            env["readouts"][-1] = self.world_model.read(env["memory"], [0], before, env["z"][-1:])[0]
         return env
 
     def _next_action(self, env: dict[str, Any]) -> np.ndarray:
@@ -251,7 +289,11 @@ class LatentPlanner:
             "shift": 0,  # actions of the previous plan executed before this one was made
             "plans": 0,  # plans made this episode
             "extra": {},
-        }
+        } | (
+            {"memory": self.world_model.new_memory(1), "readouts": self.world_model.empty_readout(h)}
+            if self.reads_memory
+            else {}
+        )
 
     # ------------------------------------------------------------------ costs
     def costs(self, env: dict[str, Any], sequences: np.ndarray) -> np.ndarray:
@@ -262,7 +304,10 @@ class LatentPlanner:
         a_hist = np.repeat(env["a"][None], s, axis=0)
         a_hist[:, -1] = steps[:, 0]
         future = np.concatenate([steps[:, 1:], np.zeros_like(steps[:, :1])], axis=1)
-        final = self.world_model.rollout(z_hist, a_hist, future)[:, -1]
+        if self.reads_memory:
+            final = self._rollout_held(env, a_hist, future)
+        else:
+            final = self.world_model.rollout(z_hist, a_hist, future)[:, -1]
         cost = np.mean((final - env["goal"]) ** 2, axis=1)
         if self.state_cost_weight > 0 and env["goal_pose"] is not None:
             block = self.world_model.probe(final)[:, 2:5].astype(np.float64)
@@ -271,6 +316,21 @@ class LatentPlanner:
             angle = np.abs(np.remainder(block[:, 2] - goal[2] + np.pi, 2 * np.pi) - np.pi)
             cost = cost + self.state_cost_weight * (position**2 + angle**2)
         return cost
+
+    def _rollout_held(self, env: dict[str, Any], a_hist: np.ndarray, future: np.ndarray) -> np.ndarray:
+        """The latents (S, D) after ``future.shape[1]`` steps of a stateful model, the newest readout held."""
+        count = len(a_hist)
+        z = np.repeat(env["z"][None], count, axis=0)
+        extra = np.repeat(env["readouts"][None], count, axis=0)
+        a = a_hist
+        for k in range(future.shape[1]):
+            z_next = self.world_model.predict_with(z, a, extra)
+            if k == future.shape[1] - 1:
+                return z_next
+            z = np.concatenate([z[:, 1:], z_next[:, None]], axis=1)
+            a = np.concatenate([a[:, 1:], future[:, k : k + 1]], axis=1)
+            extra = np.concatenate([extra[:, 1:], extra[:, -1:]], axis=1)
+        raise ArgumentError("a rollout needs at least one step")
 
     def standardised_costs(self, env: dict[str, Any], candidates: np.ndarray) -> np.ndarray:
         """:meth:`costs` of standardised candidate sequences."""

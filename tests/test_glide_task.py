@@ -37,6 +37,17 @@ def test_glide_draw_gives_both_dampings_and_nothing_else():
     assert {episode_physics(config, i).damping for i in range(20)} == set(GLIDE_DAMPING)
 
 
+def test_the_standard_draw_is_gym_pushts_physics_every_episode():
+    """The control of the glide task: the same data pipeline, physics recorded, nothing hidden."""
+    from leworld_env.sim.collect import CollectConfig, physics_metadata
+    from leworld_env.sim.pusht_sim import HiddenPhysics
+
+    config = EpisodeConfig(policy="delayed-glide", hidden_physics=True, physics_draw="standard", max_steps=500)
+    assert {episode_physics(config, i) for i in range(10)} == {HiddenPhysics()}
+    meta = physics_metadata(CollectConfig(hidden_physics=True, physics_draw="standard"))
+    assert meta["physics_draw"] == "standard" and meta["physics_ranges"]["damping"]["values"] == [0.0]
+
+
 def test_unknown_physics_draw_is_named():
     with pytest.raises(LeWorldError, match=r"unknown physics draw 'sticky'.*glide, hidden"):
         EpisodeConfig(physics_draw="sticky").validate()

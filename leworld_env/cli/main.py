@@ -71,10 +71,10 @@ def add_collect(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--physics-draw",
-        choices=("hidden", "glide"),
+        choices=("hidden", "glide", "standard"),
         default="hidden",
         help="with --hidden-physics: hidden draws all three (default); glide, the delayed-glide task's damping "
-        "(0 or 0.2, docs/leworld_memory.md)",
+        "(0 or 0.2, docs/leworld_memory.md); standard, gym-pusht's physics every episode (the glide task's control)",
     )
     p.add_argument("--out", required=True, type=output_path, help="dataset folder to create")
     p.add_argument(

@@ -44,7 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from leworld_env.sim.episodes import EpisodeConfig, collect_episode, observation_space
-from leworld_env.sim.pusht_sim import ACTION_SPACE, GLIDE_DAMPING, HIDDEN_PHYSICS_FIELDS, HIDDEN_PHYSICS_RANGES
+from leworld_env.sim.pusht_sim import (
+    ACTION_SPACE,
+    GLIDE_DAMPING,
+    HIDDEN_PHYSICS_FIELDS,
+    HIDDEN_PHYSICS_RANGES,
+    HiddenPhysics,
+)
 from world_models.data.dataset import DATA_SUBDIR, METADATA_KEY, is_leworld_dataset
 from world_models.errors import LeWorldError
 from world_models.outputs import check_output_folder, marker_kind, removed_if_failed, write_marker
@@ -92,6 +98,9 @@ def physics_metadata(config: CollectConfig) -> dict:
     if config.physics_draw == "glide":
         ranges = {"damping": {"values": list(GLIDE_DAMPING), "distribution": "choice"}}
         return {"physics_fields": list(HIDDEN_PHYSICS_FIELDS), "physics_ranges": ranges, "physics_draw": "glide"}
+    if config.physics_draw == "standard":
+        ranges = {"damping": {"values": [HiddenPhysics().damping], "distribution": "choice"}}
+        return {"physics_fields": list(HIDDEN_PHYSICS_FIELDS), "physics_ranges": ranges, "physics_draw": "standard"}
     ranges = {
         name: {"low": low, "high": high, "distribution": dist}
         for name, (low, high, dist) in HIDDEN_PHYSICS_RANGES.items()

@@ -160,8 +160,14 @@ def sample_glide_physics(rng: np.random.Generator) -> HiddenPhysics:
     return HiddenPhysics(damping=GLIDE_DAMPING[int(rng.integers(len(GLIDE_DAMPING)))])
 
 
-# name -> the sampler of a hidden-physics distribution (``leworld collect --physics``).
-PHYSICS_DRAWS = {"hidden": sample_hidden_physics, "glide": sample_glide_physics}
+def sample_standard_physics(rng: np.random.Generator) -> HiddenPhysics:
+    """gym-pusht's physics every episode (the block stops dead): the delayed-glide task's control, the
+    same pipeline with nothing hidden (``rng`` is not drawn from)."""
+    return HiddenPhysics()
+
+
+# name -> the sampler of a hidden-physics distribution (``leworld collect --physics-draw``).
+PHYSICS_DRAWS = {"hidden": sample_hidden_physics, "glide": sample_glide_physics, "standard": sample_standard_physics}
 
 
 @dataclass(frozen=True)
