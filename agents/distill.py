@@ -27,8 +27,8 @@ Training, top to bottom (:func:`distill`):
 4. **Refinement at run time** (optional, :class:`Refinement`, ``refine`` in ``policy.json``). The
    student's plan starts a search of two CEM rounds of 32 samples in the model (64 rollouts
    against the teacher's 9,000), and the cheapest plan found runs: the student says where to look,
-   the model checks it. On the shipped model it takes the student from 32 % to 55-60 % of real
-   episodes (CEM: 78 %) for ~3 ms a decision (``docs/results.md``).
+   the model checks it. On the shipped model it takes the student from 46 % to 65 % of real
+   episodes (CEM: 78 %) for ~3.5 ms a decision (``docs/results.md``).
 
 Everything is seeded: the bank by ``seed``, the teacher's samples per episode by
 ``(seed, round, episode)``, the student's initialisation and batches by ``seed``.

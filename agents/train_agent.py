@@ -185,6 +185,13 @@ DISTILL_FIELDS: dict[str, Check] = {
     "batch_size": _integer(1),
     "learning_rate": _number(0, low_open=True),
     "cost_weight": _number(0),
+    "refine": (
+        "a mapping of the refinement's iterations, samples, topk (integers >= 1) and std (a number > 0)",
+        lambda v: _mapping(v)
+        and set(v) <= {"iterations", "samples", "topk", "std"}
+        and all(_integer(1)[1](v[k]) for k in ("iterations", "samples", "topk") if k in v)
+        and ("std" not in v or _number(0, low_open=True)[1](v["std"])),
+    ),
     "jobs_per_round": _integer(1),
 }
 
