@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.planning import CEMPlanner, LatentPlanner, data_action_stats
+from agents.planning import CEMPlanner, LatentPlanner, cem_round, data_action_stats
 from world_models.errors import ArgumentError, LeWorldError
 from world_models.files import (
     atomic_write_bytes,
@@ -212,14 +212,9 @@ class DistilledPlanner(LatentPlanner):
         mean, std = plan, np.full_like(plan, r.std)
         best, best_cost = plan, np.inf
         for _ in range(r.iterations):
-            candidates = self._sample(mean, std, r.samples)  # the first is the mean
-            candidates[1] = best
-            cost = self.standardised_costs(env, candidates)
-            order = np.argsort(cost)
-            if cost[order[0]] < best_cost:
-                best, best_cost = candidates[order[0]].copy(), float(cost[order[0]])
-            elites = candidates[order[: r.topk]]
-            mean, std = elites.mean(axis=0), elites.std(axis=0) + 1e-3
+            candidates, cost, mean, std = cem_round(self, env, mean, std, r.samples, r.topk, keep=best)
+            if cost.min() < best_cost:
+                best, best_cost = candidates[cost.argmin()].copy(), float(cost.min())
         return best
 
     def __repr__(self) -> str:
@@ -640,6 +635,7 @@ def distill(config: DistillConfig) -> Path:
     import world_models
     from leworld_env.envs.starts import build_start_bank, load_start_bank, save_start_bank
 
+    refinement = None if config.refine is None else Refinement(**config.refine)  # checked before hours of labels
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     wm = world_models.load(config.model, backend=config.backend)
@@ -722,7 +718,7 @@ def distill(config: DistillConfig) -> Path:
         student_path = save_distilled(student, out / f"round{k}")
         log.add_scalar("distill/labels", len(labels["plan"]), k)
     log.close()
-    student.refinement = None if config.refine is None else Refinement(**config.refine)
+    student.refinement = refinement
     final = save_distilled(student, out / "model")
     atomic_write_bytes(
         out / "distill.json",

@@ -380,10 +380,28 @@ class CEMPlanner(LatentPlanner):
         mean = env["warm"].copy()
         std = np.full_like(mean, self.init_std)
         for _ in range(self.iterations):
-            candidates = self._sample(mean, std, self.samples)
-            elites = candidates[np.argsort(self.standardised_costs(env, candidates))[: self.topk]]
-            mean, std = elites.mean(axis=0), elites.std(axis=0) + 1e-3
+            _, _, mean, std = cem_round(self, env, mean, std, self.samples, self.topk)
         return mean
+
+
+def cem_round(
+    planner: LatentPlanner,
+    env: dict[str, Any],
+    mean: np.ndarray,
+    std: np.ndarray,
+    samples: int,
+    topk: int,
+    keep: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One CEM round in standardised units: ``samples`` candidates around ``mean`` (the first is ``mean``
+    itself, the second ``keep`` when given), their costs from ``env``'s history, and the Gaussian refit
+    to the best ``topk``. Returns (candidates, costs, new mean, new std)."""
+    candidates = planner._sample(mean, std, samples)
+    if keep is not None:
+        candidates[1] = keep
+    cost = planner.standardised_costs(env, candidates)
+    elites = candidates[np.argsort(cost)[:topk]]
+    return candidates, cost, elites.mean(axis=0), elites.std(axis=0) + 1e-3
 
 
 def colored_noise(exponent: float, count: int, horizon: int, action_dim: int, rng: np.random.Generator) -> np.ndarray:

@@ -166,6 +166,17 @@ def _teacher(value: Any) -> bool:
     return _mapping(value) and set(value) <= known and all(_number(0)[1](v) for v in value.values())
 
 
+def _refinement(value: Any) -> bool:
+    """A mapping :class:`agents.distill.Refinement` accepts (its fields' rules have one owner)."""
+    from agents.distill import Refinement
+
+    try:
+        Refinement.from_dict(value, "refine")
+    except LeWorldError:
+        return False
+    return True
+
+
 # The distilled planner's recipe (agents.distill.DistillConfig's fields; no SB3 algorithm here).
 DISTILL_FIELDS: dict[str, Check] = {
     "bank_episodes": _integer(1),
@@ -186,11 +197,8 @@ DISTILL_FIELDS: dict[str, Check] = {
     "learning_rate": _number(0, low_open=True),
     "cost_weight": _number(0),
     "refine": (
-        "a mapping of the refinement's iterations, samples, topk (integers >= 1) and std (a number > 0)",
-        lambda v: _mapping(v)
-        and set(v) <= {"iterations", "samples", "topk", "std"}
-        and all(_integer(1)[1](v[k]) for k in ("iterations", "samples", "topk") if k in v)
-        and ("std" not in v or _number(0, low_open=True)[1](v["std"])),
+        "a mapping of the refinement's iterations, samples (>= 2), topk (<= samples) and std (> 0)",
+        _refinement,
     ),
     "jobs_per_round": _integer(1),
 }
