@@ -435,6 +435,8 @@ def load_agent(name: str, world_model: Any, seed: int = 0, trust_pickle: bool = 
     from agents.policy_files import agent_folder, load_policy
 
     if name in PLANNERS:
+        if "refine_plans" in planner_kwargs:
+            raise LeWorldError("--refine-plans applies to a distilled planner, not to cem, icem or mppi")
         return make_planner(name, world_model, seed=seed, **planner_kwargs)
     if name == "random":
         return RandomAgent(seed=seed)
@@ -486,16 +488,17 @@ def shipped_distilled_for(world_model: Any) -> Path:
 
 def _distilled(path: Path, world_model: Any, planner_kwargs: dict[str, Any]) -> Any:
     """A distilled planner; ``replan_every`` sets its schedule, ``iterations`` and ``samples`` its refinement
-    (:class:`~agents.distill.Refinement`: rounds and samples a round, top-k an eighth of the samples)."""
+    (:class:`~agents.distill.Refinement`: rounds and samples a round, top-k an eighth of the samples),
+    ``refine_plans`` how many of an episode's plans are refined (``"all"``: every one)."""
     import dataclasses
 
     from agents.distill import Refinement, load_distilled
 
-    unused = sorted(set(planner_kwargs) - {"replan_every", "iterations", "samples", "topk"})
+    unused = sorted(set(planner_kwargs) - {"replan_every", "iterations", "samples", "topk", "refine_plans"})
     if unused:
         raise LeWorldError(
             f"{path}: options {', '.join(unused)} apply to cem, icem and mppi; a distilled planner takes "
-            "--replan-every, and --iterations / --samples for the search that refines its plans"
+            "--replan-every, and --iterations / --samples / --refine-plans for the search that refines its plans"
         )
     agent = load_distilled(path, world_model)
     if "replan_every" in planner_kwargs:
@@ -506,6 +509,10 @@ def _distilled(path: Path, world_model: Any, planner_kwargs: dict[str, Any]) -> 
     given = {k: planner_kwargs[k] for k in ("iterations", "samples") if k in planner_kwargs}
     if given:
         given["topk"] = max(1, min(given.get("samples", (agent.refinement or Refinement()).samples) // 8, 30))
+    if "refine_plans" in planner_kwargs:
+        plans = planner_kwargs["refine_plans"]
+        given["plans"] = None if plans == "all" else plans
+    if given:
         try:
             agent.refinement = dataclasses.replace(agent.refinement or Refinement(), **given)
         except ValueError as err:

@@ -197,7 +197,8 @@ DISTILL_FIELDS: dict[str, Check] = {
     "learning_rate": _number(0, low_open=True),
     "cost_weight": _number(0),
     "refine": (
-        "a mapping of the refinement's iterations, samples (>= 2), topk (<= samples) and std (> 0)",
+        "a mapping of the refinement's iterations, samples (>= 2), topk (<= samples), std (> 0) and plans "
+        "(the episode's first plans refined; null: every plan)",
         _refinement,
     ),
     "jobs_per_round": _integer(1),

@@ -37,12 +37,30 @@ def add_planner_args(p: argparse.ArgumentParser) -> None:
         help="planner: env steps between plans, 1..horizon (1: replan every step; 5 = the horizon: "
         "execute the whole plan, LeWM's schedule)",
     )
+    p.add_argument(
+        "--refine-plans",
+        type=refine_plans,
+        help="distilled planner: refine only an episode's first N plans, or 'all' (default: as shipped)",
+    )
 
 
-def planner_kwargs(args: argparse.Namespace) -> dict[str, int]:
+def refine_plans(text: str) -> int | str:
+    """``--refine-plans``: a positive integer or ``all``."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return value
+
+
+def planner_kwargs(args: argparse.Namespace) -> dict[str, int | str]:
     """The planner options given on the command line (a small sample count gets a matching top-k;
     ``--replan-every`` above a ``--horizon`` is the planner's error)."""
-    names = ("samples", "iterations", "horizon", "replan_every")
+    names = ("samples", "iterations", "horizon", "replan_every", "refine_plans")
     planner = {k: v for k in names if (v := getattr(args, k, None)) is not None}
     if args.samples is not None and args.samples < 30 and args.agent in ("cem", "icem"):
         planner["topk"] = max(1, args.samples // 10)
