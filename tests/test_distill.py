@@ -158,6 +158,12 @@ def test_leworld_eval_runs_the_distilled_planner(tmp_path):
     assert_one_line_error(
         run_cli("eval", "--agent", "distilled", "--samples", "1", "--episodes", "1"), "refinement samples must be >= 2"
     )
+    assert_one_line_error(
+        run_cli("eval", "--agent", "cem", "--refine-plans", "1", "--episodes", "1"),
+        "--refine-plans applies to a distilled planner",
+    )
+    refused = run_cli("eval", "--agent", "distilled", "--refine-plans", "0", "--episodes", "1")
+    assert refused.returncode != 0 and "expected a positive integer or 'all', got '0'" in refused.stderr
 
 
 def _bank_state(wm, student, index: int = 0) -> dict:
