@@ -123,6 +123,7 @@ class EvaluationResult:
     mean_steps: float
     mean_final_position_error: float
     mean_decision_seconds: float
+    max_decision_seconds: float  # the longest decision (a planner's: a step that plans)
     decisions: int
     plans: int | None
     mean_plan_seconds: float | None
@@ -143,7 +144,11 @@ class EvaluationResult:
             ("coverage, final / best", f"{self.mean_final_coverage:.3f} / {self.mean_max_coverage:.3f}"),
             ("block position error, final", f"{self.mean_final_position_error:.1f} px"),
             ("steps per episode", f"{self.mean_steps:.1f}"),
-            ("time per decision", f"{self.mean_decision_seconds * 1e3:.1f} ms over {self.decisions} decisions"),
+            (
+                "time per decision",
+                f"{self.mean_decision_seconds * 1e3:.1f} ms over {self.decisions} decisions "
+                f"(longest {self.max_decision_seconds * 1e3:.1f} ms)",
+            ),
         ]
         if self.replan_every is not None and self.plans is not None:
             rows.append(
@@ -378,6 +383,7 @@ def summarize(
         mean_steps=float(np.mean([r.steps for r in results])),
         mean_final_position_error=float(np.mean([r.final_position_error for r in results])),
         mean_decision_seconds=float(np.mean(decision_seconds)) if decision_seconds else 0.0,
+        max_decision_seconds=float(np.max(decision_seconds)) if decision_seconds else 0.0,
         decisions=len(decision_seconds),
         plans=None if plan_seconds is None else len(plan_seconds),
         mean_plan_seconds=float(np.mean(plan_seconds)) if plan_seconds else None,
