@@ -13,7 +13,6 @@ Episode ``i`` is the same start and goal as episode ``i`` of ``leworld eval --ag
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ def run_demo(settings: DemoSettings) -> tuple[PlayResult, WorldModel]:
         steps=None,
         seed=settings.seed,
         goal=protocol.goal,
-        episode_steps=math.ceil(protocol.budget / wm.config.frameskip),
+        episode_steps=protocol.env_steps(wm.config.frameskip),
         terminate_on_success=protocol.terminate_on_success,
         headless=not window,
         record=settings.out,

@@ -123,7 +123,7 @@ class Refinement:
                 raise ArgumentError(f"refinement {name} must be a positive integer, got {value!r}")
         plans = self.plans
         if plans is not None and (isinstance(plans, bool) or not isinstance(plans, int) or plans < 1):
-            raise ArgumentError(f"refinement plans must be a positive integer or null (every plan), got {self.plans!r}")
+            raise ArgumentError(f"refinement plans must be a positive integer or null (every plan), got {plans!r}")
         if self.samples < 2:
             raise ArgumentError(f"refinement samples must be >= 2 (the current plan and the best), got {self.samples}")
         if self.topk > self.samples:

@@ -51,6 +51,10 @@ class Protocol:
     starts: str  # "bank": held-out dataset states; "pusht": gym-pusht's random initial state
     terminate_on_success: bool  # False: every episode runs the whole budget (LeWM's)
 
+    def env_steps(self, frameskip: int) -> int:
+        """Env steps of the budget at ``frameskip`` physics steps each (LeWM's 50 at 5: 10)."""
+        return math.ceil(self.budget / frameskip)
+
     @property
     def success_test(self) -> str:
         """The headline success test, in words."""
@@ -205,7 +209,7 @@ def make_eval_env(env: str, protocol: Protocol, model: str | Path, backend: str 
         **kwargs,
     )
     frameskip = made.unwrapped.setup.frameskip
-    return gym.wrappers.TimeLimit(made.unwrapped, max_episode_steps=math.ceil(protocol.budget / frameskip))
+    return gym.wrappers.TimeLimit(made.unwrapped, max_episode_steps=protocol.env_steps(frameskip))
 
 
 def evaluate(

@@ -58,7 +58,7 @@ def _distilled_rows(wm: object, obs: dict, cem_seconds: float, decisions: int) -
     MLP alone, and the shipped one's seconds per decision (a plan every ``replan_every`` steps); none when
     there is no distilled planner beside the model."""
     from agents.distill import load_distilled
-    from agents.evaluate import shipped_distilled_for
+    from agents.evaluate import PROTOCOLS, shipped_distilled_for
     from world_models.errors import LeWorldError
 
     try:
@@ -84,17 +84,10 @@ def _distilled_rows(wm: object, obs: dict, cem_seconds: float, decisions: int) -
         rows.append(BenchRow(f"distilled planner plan ({what})", seconds * 1e3, "ms", reference, cem_seconds / seconds))
         plan_ms[refinement is not None] = seconds * 1e3
     student.refinement = shipped
-    steps = lewm_episode_steps(wm)
+    steps = PROTOCOLS["lewm"].env_steps(wm.config.frameskip)
     plans = -(-steps // student.replan_every)
     total_ms = sum(plan_ms[student.refines(k)] for k in range(plans))
     per_decision = total_ms / steps
     label = f"distilled planner decision, as shipped (mean over a {steps}-step LeWM episode, {plans} plans)"
     rows.append(BenchRow(label, per_decision, "ms", "the 5 ms target", 5.0 / per_decision))
     return rows
-
-
-def lewm_episode_steps(wm: object) -> int:
-    """Env steps of a LeWM-protocol episode for ``wm``'s frameskip (50 physics steps at 5: 10)."""
-    from agents.evaluate import PROTOCOLS
-
-    return -(-PROTOCOLS["lewm"].budget // wm.config.frameskip)
