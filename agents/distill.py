@@ -90,6 +90,21 @@ def plan_features(z: Any, a: Any, goal: Any) -> Any:
     return concatenate([z.reshape(n, -1), a[:, :-1].reshape(n, -1), goal, goal - z[:, -1]])
 
 
+def run_plan(world_model: WorldModel, z: np.ndarray, a: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Roll plans of env actions ``actions`` (N, horizon, A) out open loop from histories ``z`` (N, H, D) and
+    ``a`` (N, H, A) (the newest action slot is the plan's first action's): returns the latents after each
+    step (N, horizon, D) and the histories the next plan reads (the newest ``H`` latents; the last ``H - 1``
+    actions, the newest slot zero). Needs ``horizon >= H``."""
+    h = a.shape[1]
+    first = np.array(a, np.float32, copy=True)
+    first[:, -1] = actions[:, 0]
+    future = np.concatenate([actions[:, 1:], np.zeros_like(actions[:, :1])], axis=1)
+    latents = world_model.rollout(z, first, future)
+    reached = np.zeros_like(first)
+    reached[:, :-1] = actions[:, -(h - 1) :]
+    return latents, np.ascontiguousarray(latents[:, -h:], np.float32), reached
+
+
 def feature_width(history: int, latent_dim: int, action_dim: int) -> int:
     """Width of :func:`plan_features` for a model's history, latent and action sizes."""
     return history * latent_dim + (history - 1) * action_dim + 2 * latent_dim
@@ -481,13 +496,8 @@ def dream_states(
         if student is None:
             continue
         actions = student.to_env(student.plans(plan_features(z_hist, a_hist, goal)))
-        first_step = a_hist.copy()
-        first_step[:, -1] = actions[:, 0]
-        future = np.concatenate([actions[:, 1:], np.zeros_like(actions[:, :1])], axis=1)
-        latents = world_model.rollout(z_hist, first_step, future)  # (n, horizon, D): after each step
-        reached = np.zeros_like(a_hist)
-        reached[:, :-1] = actions[:, -(h - 1) :]
-        out["z"].append(latents[:, -h:])
+        _, z_next, reached = run_plan(world_model, z_hist, a_hist, actions)
+        out["z"].append(z_next)
         out["a"].append(reached)
         out["goal"].append(goal)
     return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}

@@ -44,7 +44,7 @@ from world_models.errors import LeWorldError
 from world_models.signals import sigterm_as_ctrl_c
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
-ALGOS = ("ppo", "sac", "her-sac", "distill")
+ALGOS = ("ppo", "sac", "her-sac", "distill", "ppo-plan")
 ENV_ID = "LeWorld-PushT-v0"
 CHECKPOINT = re.compile(r"^agent_(\d+)_steps$")
 
@@ -205,10 +205,42 @@ DISTILL_FIELDS: dict[str, Check] = {
 }
 
 
+def _plan_reward(value: Any) -> bool:
+    from agents.plan_ppo import REWARDS  # the env owns its rewards
+
+    return value in REWARDS
+
+
+# PPO from the distilled planner, one plan an action (agents.plan_ppo.PlanPPOConfig's fields).
+PLAN_PPO_FIELDS: dict[str, Check] = {
+    "student": ("'distilled' (shipped beside the model) or a planner folder", lambda v: bool(v and isinstance(v, str))),
+    "bank_episodes": _integer(1),
+    "bank_seed": _integer(0),
+    "n_envs": _integer(1),
+    "n_timesteps": _integer(1),
+    "plans": _integer(1),
+    "reward": ("'final' (the cost after the episode's last plan) or 'every' (each plan's cost)", _plan_reward),
+    "learning_rate": _number(0, low_open=True),
+    "value_learning_rate": _number(0, low_open=True),
+    "n_steps": _integer(1),
+    "batch_size": _integer(1),
+    "n_epochs": _integer(1),
+    "gamma": _number(0, 1),
+    "gae_lambda": _number(0, 1),
+    "clip_range": _number(0, low_open=True),
+    "ent_coef": _number(0),
+    "target_kl": _optional(_number(0, low_open=True)),
+    "log_std_init": _number(-20, 2),
+    "value_net": ("a list of layer widths >= 1", lambda v: isinstance(v, list) and all(_integer(1)[1](x) for x in v)),
+}
+
+
 def algorithm_fields(algo: str) -> dict[str, Check]:
     """Every field an ``algo`` YAML entry may have, with what it must be."""
     if algo == "distill":
         return DISTILL_FIELDS
+    if algo == "ppo-plan":
+        return PLAN_PPO_FIELDS
     return {**COMMON_FIELDS, **(PPO_FIELDS if algo == "ppo" else SAC_FIELDS)}
 
 
@@ -494,6 +526,8 @@ def train_agent(config: TrainAgentConfig) -> Path:
     check_config(config)
     if config.algo == "distill":
         return _distill(config)
+    if config.algo == "ppo-plan":
+        return _plan_ppo(config)
     plan = _plan(config)
     checkpoint = check_output(config)
     out = Path(config.out)
@@ -528,6 +562,38 @@ def _distill(config: TrainAgentConfig) -> Path:
     with removed_if_failed(out), sigterm_as_ctrl_c():
         write_marker(out, "distill-run")
         return distill(recipe)
+
+
+def _plan_ppo(config: TrainAgentConfig) -> Path:
+    """``--algo ppo-plan``: PPO from the distilled planner, a plan an action (:mod:`agents.plan_ppo`)."""
+    from agents.plan_ppo import PlanPPOConfig, train_plan_ppo
+    from world_models.outputs import check_output_folder, removed_if_failed, replace_folder, write_marker
+
+    if config.resume:
+        raise LeWorldError(
+            "--algo ppo-plan keeps no checkpoints (a run takes minutes): start it again with --overwrite"
+        )
+    params = load_hyperparams("ppo-plan", config.hyperparams)
+    for name, value in (("n_timesteps", config.timesteps), ("n_envs", config.n_envs)):
+        if value is not None:
+            params[name] = value
+    out = Path(config.out)
+    check_output_folder(out, "--out", "ppo-plan-run", overwrite=config.overwrite)
+    if config.overwrite:
+        replace_folder(out, "ppo-plan-run")
+    recipe = PlanPPOConfig(
+        out=out,
+        model=config.model,
+        backend=config.backend,
+        seed=config.seed,
+        eval_every=config.eval_every,
+        eval_episodes=config.eval_episodes,
+        progress=config.progress,
+        **params,
+    )
+    with removed_if_failed(out), sigterm_as_ctrl_c():
+        write_marker(out, "ppo-plan-run")
+        return train_plan_ppo(recipe)
 
 
 def _run(config: TrainAgentConfig, plan: _Plan, checkpoint: Path | None, out: Path) -> Path:

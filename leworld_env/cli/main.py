@@ -433,6 +433,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ train-agent
 def add_train_agent(sub: argparse._SubParsersAction) -> None:
+    from agents.train_agent import ALGOS
+
     p = sub.add_parser(
         "train-agent",
         help="train an SB3 agent in imagination, evaluated on real physics",
@@ -443,14 +445,17 @@ def add_train_agent(sub: argparse._SubParsersAction) -> None:
             "OUT/best, the final one in OUT/model: agent folders (agent.json + safetensors, no pickle) that "
             "leworld eval --agent reads. --algo distill instead distils the CEM planner into a network "
             "(DAgger in the dream, agents/hyperparams/distill.yml; labels per round in OUT, reused by a rerun or "
-            "--resume; the student in OUT/model, which leworld eval --agent OUT/model reads)."
+            "--resume; the student in OUT/model, which leworld eval --agent OUT/model reads). --algo ppo-plan "
+            "trains that student further with PPO in the dream, one plan an action (agents/hyperparams/ppo-plan.yml; "
+            "OUT/model is again a distilled planner folder)."
         ),
     )
     p.add_argument(
         "--algo",
-        choices=["ppo", "sac", "her-sac", "distill"],
+        choices=list(ALGOS),
         default="ppo",
-        help="algorithm (ppo); distill: CEM distilled into a planner network (agents/hyperparams/distill.yml)",
+        help="algorithm (ppo); distill: CEM distilled into a planner network (agents/hyperparams/distill.yml); "
+        "ppo-plan: PPO started from that network, a whole plan an action",
     )
     p.add_argument("--timesteps", type=positive_int, help="environment steps (default: the YAML's n_timesteps)")
     p.add_argument("--envs", type=positive_int, help="dream envs in the batch (default: the YAML's n_envs)")
