@@ -311,20 +311,14 @@ def train_plan_ppo(config: PlanPPOConfig) -> Path:
     from stable_baselines3.common.vec_env import VecMonitor
 
     import world_models
-    from agents.distill import load_distilled, save_distilled, shipped_distilled
-    from leworld_env.envs.starts import build_start_bank, load_start_bank, save_start_bank
+    from agents.distill import load_distilled, save_distilled, shipped_distilled, training_bank
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     wm = world_models.load(config.model, backend=config.backend)
     source = shipped_distilled(config.model) if config.student == "distilled" else Path(config.student)
     student = load_distilled(source, wm)
-    bank_path = out / "train_starts.safetensors"
-    if bank_path.is_file():
-        bank = load_start_bank(bank_path)
-    else:
-        bank, meta = build_start_bank(episodes=config.bank_episodes, seed=config.bank_seed, policy="noisy-expert")
-        save_start_bank(bank_path, bank, meta)
+    bank = training_bank(out, config.bank_episodes, config.bank_seed)
     env = VecMonitor(
         PlanDreamVecEnv(
             wm, bank.start, bank.goal, student, config.n_envs, config.plans, config.reward, seed=config.seed

@@ -340,10 +340,11 @@ class LatentPlanner:
         """Standardised candidates clipped to the action box (float32)."""
         return np.clip(candidates, self._low, self._high).astype(np.float32)
 
-    def _sample(self, mean: np.ndarray, std: np.ndarray, count: int) -> np.ndarray:
+    def _sample(self, mean: np.ndarray, std: np.ndarray, count: int, noise_exponent: float = 0.0) -> np.ndarray:
         """``count`` standardised Gaussian candidates around ``mean``, clipped to the action box; the
-        first is ``mean`` itself, so the current plan always competes."""
-        noise = self.rng.standard_normal((count, *mean.shape)).astype(np.float32)
+        first is ``mean`` itself, so the current plan always competes. ``noise_exponent`` > 0: the noise
+        is coloured along time (:func:`colored_noise`); 0: white (the same draws as before it existed)."""
+        noise = colored_noise(noise_exponent, count, *mean.shape, self.rng)
         candidates = self._clip(mean + std * noise)
         candidates[0] = mean
         return candidates
@@ -392,11 +393,13 @@ def cem_round(
     samples: int,
     topk: int,
     keep: np.ndarray | None = None,
+    noise_exponent: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One CEM round in standardised units: ``samples`` candidates around ``mean`` (the first is ``mean``
     itself, the second ``keep`` when given), their costs from ``env``'s history, and the Gaussian refit
-    to the best ``topk``. Returns (candidates, costs, new mean, new std)."""
-    candidates = planner._sample(mean, std, samples)
+    to the best ``topk``. ``noise_exponent`` > 0 draws the candidates' noise coloured along time
+    (:func:`colored_noise`, iCEM's); 0 is white. Returns (candidates, costs, new mean, new std)."""
+    candidates = planner._sample(mean, std, samples, noise_exponent)
     if keep is not None:
         candidates[1] = keep
     cost = planner.standardised_costs(env, candidates)

@@ -197,8 +197,8 @@ DISTILL_FIELDS: dict[str, Check] = {
     "learning_rate": _number(0, low_open=True),
     "cost_weight": _number(0),
     "refine": (
-        "a mapping of the refinement's iterations, samples (>= 2), topk (<= samples), std (> 0) and plans "
-        "(the episode's first plans refined; null: every plan)",
+        "a mapping of the refinement's iterations, samples (>= 2), topk (<= samples), std (> 0), plans "
+        "(the episode's first plans refined; null: every plan) and noise_exponent (in [0, 10]; 0: white noise)",
         _refinement,
     ),
     "jobs_per_round": _integer(1),
@@ -539,19 +539,14 @@ def train_agent(config: TrainAgentConfig) -> Path:
 def _distill(config: TrainAgentConfig) -> Path:
     """``--algo distill``: CEM distilled into a planner network (:func:`agents.distill.distill`)."""
     from agents.distill import DistillConfig, distill
-    from world_models.outputs import check_output_folder, removed_if_failed, replace_folder, write_marker
 
     if config.timesteps is not None or config.n_envs is not None:
         raise LeWorldError(
             "--timesteps and --envs are PPO/SAC's; a distillation's size is the YAML's episodes_per_round"
         )
     params = load_hyperparams("distill", config.hyperparams)
-    out = Path(config.out)
-    check_output_folder(out, "--out", "distill-run", overwrite=config.overwrite, reuse=config.resume)
-    if config.overwrite:
-        replace_folder(out, "distill-run")
     recipe = DistillConfig(
-        out=out,
+        out=Path(config.out),
         model=config.model,
         backend=config.backend,
         seed=config.seed,
@@ -559,15 +554,12 @@ def _distill(config: TrainAgentConfig) -> Path:
         progress=config.progress,
         **params,
     )
-    with removed_if_failed(out), sigterm_as_ctrl_c():
-        write_marker(out, "distill-run")
-        return distill(recipe)
+    return _recipe_run(config, "distill-run", lambda: distill(recipe), reuse=config.resume)
 
 
 def _plan_ppo(config: TrainAgentConfig) -> Path:
     """``--algo ppo-plan``: PPO from the distilled planner, a plan an action (:mod:`agents.plan_ppo`)."""
     from agents.plan_ppo import PlanPPOConfig, train_plan_ppo
-    from world_models.outputs import check_output_folder, removed_if_failed, replace_folder, write_marker
 
     if config.resume:
         raise LeWorldError(
@@ -577,12 +569,8 @@ def _plan_ppo(config: TrainAgentConfig) -> Path:
     for name, value in (("n_timesteps", config.timesteps), ("n_envs", config.n_envs)):
         if value is not None:
             params[name] = value
-    out = Path(config.out)
-    check_output_folder(out, "--out", "ppo-plan-run", overwrite=config.overwrite)
-    if config.overwrite:
-        replace_folder(out, "ppo-plan-run")
     recipe = PlanPPOConfig(
-        out=out,
+        out=Path(config.out),
         model=config.model,
         backend=config.backend,
         seed=config.seed,
@@ -591,9 +579,21 @@ def _plan_ppo(config: TrainAgentConfig) -> Path:
         progress=config.progress,
         **params,
     )
+    return _recipe_run(config, "ppo-plan-run", lambda: train_plan_ppo(recipe))
+
+
+def _recipe_run(config: TrainAgentConfig, kind: str, run: Callable[[], Path], reuse: bool = False) -> Path:
+    """Run a recipe that is not an SB3 agent-run in ``--out``, marked as a ``kind`` folder: the folder checked
+    (new, empty, ``reuse``, or replaced with ``--overwrite``), SIGTERM as Ctrl-C, nothing empty left on failure."""
+    from world_models.outputs import check_output_folder, removed_if_failed, replace_folder, write_marker
+
+    out = Path(config.out)
+    check_output_folder(out, "--out", kind, overwrite=config.overwrite, reuse=reuse)
+    if config.overwrite:
+        replace_folder(out, kind)
     with removed_if_failed(out), sigterm_as_ctrl_c():
-        write_marker(out, "ppo-plan-run")
-        return train_plan_ppo(recipe)
+        write_marker(out, kind)
+        return run()
 
 
 def _run(config: TrainAgentConfig, plan: _Plan, checkpoint: Path | None, out: Path) -> Path:

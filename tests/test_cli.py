@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import agents
 from leworld_env.cli import main
 from tests.conftest import run_cli
 from tests.test_collect import assert_one_line_error
@@ -68,7 +69,8 @@ def test_bench_plan_times_decisions_per_backend(tmp_path):
     assert all(row["value"] > 0 and row["unit"] == ("ms" if "distilled" in row["name"] else "s") for row in rows)
     # the shipped distilled planner: its plan with and without its refinement, and its decision
     named = {row["name"]: row for row in rows}
-    refined = named["distilled planner plan (MLP + 5 x 32 refinement)"]
+    shipped = agents.load_policy("distilled").refinement
+    refined = named[f"distilled planner plan (MLP + {shipped.iterations} x {shipped.samples} refinement)"]
     alone = named["distilled planner plan (one MLP pass)"]
     decision = named["distilled planner decision, as shipped (mean over a 10-step LeWM episode, 2 plans)"]
     assert refined["value"] > alone["value"]  # the refinement's rollouts cost something

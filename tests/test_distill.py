@@ -27,7 +27,7 @@ from agents.evaluate import evaluate, load_agent
 from agents.planning import RandomAgent
 from tests.conftest import run_cli
 from tests.test_collect import assert_one_line_error
-from world_models.errors import LeWorldError
+from world_models.errors import ArgumentError, LeWorldError
 
 TINY_TEACHER = {"horizon": 5, "samples": 32, "topk": 4, "iterations": 3, "replan_every": 5}
 
@@ -138,7 +138,7 @@ def test_shipped_distilled_planner_wins_real_episodes(wm):
     Measured on these 8 episodes: refined student 6/8, random 1/8 (72 % and 6 % over 50, docs/results.md)."""
     policy = agents.load_policy("distilled")
     assert isinstance(policy, DistilledPlanner)
-    assert policy.refinement == Refinement(iterations=5, samples=32, topk=4, std=0.2, plans=1)
+    assert policy.refinement == Refinement(iterations=6, samples=32, topk=4, std=0.4, plans=1, noise_exponent=2.0)
     episodes = 8
     distilled = evaluate(policy, "distilled", "real", "lewm", episodes, 0, progress=False)
     random = evaluate(RandomAgent(seed=0), "random", "real", "lewm", episodes, 0, progress=False)
@@ -222,8 +222,29 @@ def test_refinement_of_an_episodes_first_plans_only(wm):
         assert len(refined) == sum(expected) and set(refined) <= ({0} if plans == 1 else {0, 1, 2})
 
 
+def test_refinement_noise_is_white_as_before_or_coloured_along_the_plan(wm):
+    """``noise_exponent`` 0 draws the very samples the refinement drew before the field existed (mean
+    first, then mean + std x the generator's standard normals, clipped); 2 draws noise correlated along
+    the plan (lag-one correlation ~0.3 over 5 steps, against ~0 for white)."""
+    student = DistilledPlanner(wm, _random_weights(wm.config, 5), horizon=5, seed=0)
+    mean, std = np.zeros((5, 2), np.float32), np.full((5, 2), 0.3, np.float32)
+    white = student._sample(mean, std, 256)
+    expected = student._clip(mean + std * np.random.default_rng(0).standard_normal((256, 5, 2)).astype(np.float32))
+    np.testing.assert_array_equal(white[1:], expected[1:])
+    np.testing.assert_array_equal(white[0], mean)
+    coloured = student._sample(mean, std, 2048, noise_exponent=2.0)
+    assert np.all(coloured[0] == mean)
+
+    def lag_one(x):  # correlation of each action with the next, over samples and action dimensions
+        return np.corrcoef(x[1:, :-1].ravel(), x[1:, 1:].ravel())[0, 1]
+
+    assert abs(lag_one(student._sample(mean, std, 2048))) < 0.05 and lag_one(coloured) > 0.2
+    with pytest.raises(ArgumentError, match="noise_exponent must be a number in"):
+        Refinement(noise_exponent=-1)
+
+
 def test_refinement_round_trips_and_bad_fields_name_the_file(wm, tmp_path):
-    refinement = Refinement(iterations=3, samples=20, topk=5, std=0.25, plans=1)
+    refinement = Refinement(iterations=3, samples=20, topk=5, std=0.25, plans=1, noise_exponent=2.0)
     student = DistilledPlanner(wm, _random_weights(wm.config, 5), horizon=5, refinement=refinement)
     folder = save_distilled(student, tmp_path / "student")
     assert load_distilled(folder, wm).refinement == refinement
@@ -233,12 +254,16 @@ def test_refinement_round_trips_and_bad_fields_name_the_file(wm, tmp_path):
         ({"samples": 4, "topk": 6}, "topk must be <= samples"),
         ({"std": -1}, "std must be a number > 0"),
         ({"plans": 0}, "refinement plans must be a positive integer or null"),
+        ({"noise_exponent": "pink"}, "noise_exponent must be a number"),
         ({"sigma": 1}, "field 'refine' must be an object"),
     ):
         (folder / "policy.json").write_text(json.dumps({**data, "refine": bad}))
         with pytest.raises(LeWorldError, match=fragment) as caught:
             load_distilled(folder, wm)
         assert "policy.json" in str(caught.value)
+    old = {k: v for k, v in data["refine"].items() if k != "noise_exponent"}  # a file from before the field
+    (folder / "policy.json").write_text(json.dumps({**data, "refine": old}))
+    assert load_distilled(folder, wm).refinement == Refinement(3, 20, 5, 0.25, 1, noise_exponent=0.0)
     (folder / "policy.json").write_text(json.dumps({**data, "refine": None}))
     assert load_distilled(folder, wm).refinement is None
     # --iterations / --samples set the refinement of a loaded student (top-k an eighth of the samples)
