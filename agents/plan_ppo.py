@@ -8,8 +8,9 @@ makes that MLP the actor of a stable-baselines3 PPO and trains it further in the
    ``horizon x action_dim`` standardised numbers in the planner's action box; the dream rolls it out
    open loop with the world model (the planner's own imagination, batched over envs). Observation:
    :func:`agents.distill.plan_features` of the latent history, the actions in it and the goal latent
-   (``horizon * history * ...`` floats, exactly the student's input). Reward: minus the planner's cost,
-   the mean squared latent distance to the goal after the plan (CEM's objective). Start: a (start,
+   (exactly the student's input). Reward: minus the planner's cost, the mean squared latent distance
+   to the goal, after the episode's last plan (``reward="final"``, 0 before) or after every plan
+   (``"every"``, CEM's objective plan by plan). Start: a (start,
    goal) pair of a *training* bank of real states (not the evaluation bank), the start's latent
    repeated and zero actions, as a real episode starts. End: after ``plans`` plans (LeWM's 10 steps:
    2 plans of 5), truncated, then reset automatically (SB3's convention: ``terminal_observation``).
@@ -284,7 +285,7 @@ class PlanPPOConfig:
     bank_episodes: int = 150  # the training bank (as the distillation's: seed 7000, noisy-expert)
     bank_seed: int = 7000
     n_envs: int = 64
-    n_timesteps: int = 200_000  # plans
+    n_timesteps: int = 150_000  # plans
     plans: int = 2
     reward: str = "final"
     learning_rate: float = 3e-5  # the actor's (it starts from the student: small steps)
@@ -297,7 +298,7 @@ class PlanPPOConfig:
     clip_range: float = 0.1
     ent_coef: float = 0.0
     target_kl: float | None = 0.02
-    log_std_init: float = -1.6  # std 0.2 in standardised action units, the refinement's
+    log_std_init: float = -4.0  # std 0.018 in standardised units (0.2, the refinement's, ruins the plans)
     value_net: list[int] = field(default_factory=lambda: [256, 256])
     eval_every: int = 20_000  # plans between real-twin evaluations of the actor's mean (TensorBoard)
     eval_episodes: int = 20
