@@ -37,7 +37,7 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.distill import DistilledPlanner, plan_features, run_plan
+from agents.distill import DistilledPlanner, feature_width, plan_features, run_plan
 from world_models.errors import ArgumentError, LeWorldError
 from world_models.interface import WorldModel
 
@@ -86,11 +86,7 @@ class PlanDreamVecEnv(VecEnv):
         frames = draw_frames(np.concatenate([starts, goals]), config.image_size)
         latents = np.concatenate([world_model.encode(frames[i : i + 256]) for i in range(0, len(frames), 256)])
         self.start_latents, self.goal_latents = latents[: len(starts)], latents[len(starts) :]
-        width = plan_features(
-            np.zeros((1, self.history, config.latent_dim)),
-            np.zeros((1, self.history, self.action_dim)),
-            np.zeros((1, config.latent_dim)),
-        ).shape[1]
+        width = feature_width(self.history, config.latent_dim, self.action_dim)
         observation_space = spaces.Box(-np.inf, np.inf, (width,), np.float32)
         low = np.tile(student._low, self.horizon).astype(np.float32)
         high = np.tile(student._high, self.horizon).astype(np.float32)

@@ -177,6 +177,9 @@ def _refinement(value: Any) -> bool:
     return True
 
 
+LAYER_WIDTHS: Check = ("a list of layer widths >= 1", lambda v: isinstance(v, list) and all(map(_integer(1)[1], v)))
+
+
 # The distilled planner's recipe (agents.distill.DistillConfig's fields; no SB3 algorithm here).
 DISTILL_FIELDS: dict[str, Check] = {
     "bank_episodes": _integer(1),
@@ -191,7 +194,7 @@ DISTILL_FIELDS: dict[str, Check] = {
         "state_cost_weight) to numbers",
         _teacher,
     ),
-    "hidden": ("a list of layer widths >= 1", lambda v: isinstance(v, list) and all(_integer(1)[1](x) for x in v)),
+    "hidden": LAYER_WIDTHS,
     "fit_steps": _integer(1),
     "batch_size": _integer(1),
     "learning_rate": _number(0, low_open=True),
@@ -231,7 +234,7 @@ PLAN_PPO_FIELDS: dict[str, Check] = {
     "ent_coef": _number(0),
     "target_kl": _optional(_number(0, low_open=True)),
     "log_std_init": _number(-20, 2),
-    "value_net": ("a list of layer widths >= 1", lambda v: isinstance(v, list) and all(_integer(1)[1](x) for x in v)),
+    "value_net": LAYER_WIDTHS,
 }
 
 
