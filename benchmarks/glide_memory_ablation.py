@@ -152,7 +152,13 @@ def memory_rows(args, train, val, windows, train_windows, probe_model, groups, r
     rows = results["rows"]
     for name in ("memory", "memory_soft", "memory_zeroed", "memory_shuffled", "memory_joint"):
         rows[name] = []
-    memory_cfg = EpisodicConfig(latent_dim=train.latent_dim, channels=args.channels, recon_weight=args.recon_weight)
+    memory_cfg = EpisodicConfig(
+        latent_dim=train.latent_dim,
+        channels=args.channels,
+        recon_weight=args.recon_weight,
+        pooling=args.pooling,
+        pool_dim=args.pool_dim,
+    )
     at = lambda lat, w: lat.episode_starts[w["episode"]] + w["t0"]  # noqa: E731
     for seed in args.seeds:
         cfg = EpisodicTrainConfig(
@@ -176,7 +182,8 @@ def memory_rows(args, train, val, windows, train_windows, probe_model, groups, r
         )
         if args.save_model is not None and seed == args.seeds[0]:
             info = {"trained_on": str(args.train), "memory_steps": args.memory_steps, "steps": args.steps,
-                    "hold": args.hold, "privileged_weight": args.privileged_weight, "seed": seed}  # fmt: skip
+                    "hold": args.hold, "privileged_weight": args.privileged_weight, "seed": seed,
+                    "pooling": args.pooling}  # fmt: skip
             save_episodic(args.save_model, memory, predictor, args.model, info)
         for mode in ("hard", "soft", "zeroed", "shuffled"):
             extra = memory_extra(memory, val, mode, seed=seed)
@@ -213,6 +220,10 @@ def main() -> None:
         "--hold", type=int, default=max(HORIZONS) - 1, help="train on memory readouts up to this many frames stale"
     )
     parser.add_argument("--channels", type=int, default=4, help="memory readout channels")
+    parser.add_argument(
+        "--pooling", default="attention", choices=["attention", "max"], help="how a memory read pools its records"
+    )
+    parser.add_argument("--pool-dim", type=int, default=32, help="max pooling's projection width")
     parser.add_argument("--recon-weight", type=float, default=0.1, help="weight of the records' z_{t+1} - z_t term")
     parser.add_argument(
         "--privileged-weight",

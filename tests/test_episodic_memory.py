@@ -59,13 +59,15 @@ def test_a_record_is_present_from_the_frame_after_its_write_until_its_chunk_wrap
     assert not mask[65, 0] and mask[65, 1:65].all()  # the 65th write overwrote the first
 
 
+@pytest.mark.parametrize("pooling", ["attention", "max"])
 @pytest.mark.parametrize("peaked", [False, True])
-def test_the_soft_read_with_a_peaked_chunk_choice_is_the_hard_read_on_the_bit_memory(peaked):
+def test_the_soft_read_with_a_peaked_chunk_choice_is_the_hard_read_on_the_bit_memory(peaked, pooling):
     """Writes spread over a few chunks. The hard read takes the argmax chunk through the numba kernels,
     and so does training's straight-through read in torch; the soft read mixes every chunk by the read
     softmax: the same when the softmax is peaked, not when it is flat (the untrained read)."""
     torch.manual_seed(0)
-    memory = EpisodicMemory(EpisodicConfig(latent_dim=8, hidden=32))
+    memory = EpisodicMemory(EpisodicConfig(latent_dim=8, hidden=32, pooling=pooling, pool_dim=8))
+    torch.manual_seed(0)  # the same routing whatever the pooling's networks drew
     with torch.no_grad():
         for layer in (memory.chunk_head, memory.read_chunk):  # writes and reads among chunks 0..3
             layer.weight.normal_(0, 2.0)
@@ -114,10 +116,11 @@ def _delayed_task(episodes: int, seed: int) -> LatentEpisodes:
     )
 
 
-def test_a_tiny_run_on_a_delayed_task_beats_its_zeroed_memory():
+@pytest.mark.parametrize("pooling", ["attention", "max"])
+def test_a_tiny_run_on_a_delayed_task_beats_its_zeroed_memory(pooling):
     train, held_out = _delayed_task(64, seed=0), _delayed_task(32, seed=1)
     base = ModelConfig(latent_dim=8, predictor_dim=32, predictor_depth=1, predictor_heads=2, projector_hidden=32)
-    memory_cfg = EpisodicConfig(latent_dim=8, hidden=64, channels=2)
+    memory_cfg = EpisodicConfig(latent_dim=8, hidden=64, channels=2, pooling=pooling, pool_dim=16)
     cfg = EpisodicTrainConfig(steps=250, episodes=16, windows=128, learning_rate=3e-3, seed=0)
     memory, predictor, _ = train_episodic(train, base, memory_cfg, cfg)
     rows = torch.from_numpy(window_rows(held_out, cfg.history))  # a fixed batch: every held-out window
@@ -130,6 +133,13 @@ def test_a_tiny_run_on_a_delayed_task_beats_its_zeroed_memory():
 
     hard, zeroed = loss("hard"), loss("zeroed")
     assert hard < 0.5 * zeroed, (hard, zeroed)  # measured: 0.018 against 0.048 (seeds 0-3: ratio 0.36-0.45)
+
+
+def test_a_bad_pooling_is_named():
+    with pytest.raises(ValueError, match="pooling must be one of attention, max, got 'mean'"):
+        EpisodicConfig(pooling="mean")
+    with pytest.raises(ValueError, match="pool_dim must be >= 1"):
+        EpisodicConfig(pooling="max", pool_dim=0)
 
 
 def test_an_unknown_readout_mode_is_named():

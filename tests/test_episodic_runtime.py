@@ -70,6 +70,53 @@ def test_written_records_pool_as_softmax_attention_over_their_signs():
         pool_records(memory, np.arange(3), base + 65536, 64, query)
 
 
+def test_written_records_max_pool_as_the_max_of_their_projection():
+    """The packed max pooling (through byte tables) is max over written rows of W r + b, 0 for none."""
+    from numba_kernels import bitmem
+    from numba_kernels.records import byte_tables, max_pool_records, write_records
+
+    rng = np.random.default_rng(0)
+    signs = rng.choice([-1.0, 1.0], (3, 64, 128)).astype(np.float32)
+    signs[..., 127] = np.where(rng.random((3, 64)) < 0.5, 1.0, -1.0)
+    signs[2, :, 127] = -1.0  # env 2 holds nothing
+    memory = bitmem.new_memory(3)
+    base = np.array([0, 512, 1024])
+    for r in range(64):
+        write_records(memory, base + 4 * r, signs[:, r], np.ones(3, bool))
+    weight = rng.normal(0, 0.3, (5, 128)).astype(np.float32)
+    bias = rng.normal(0, 1, 5).astype(np.float32)
+    pooled = max_pool_records(memory, np.arange(3), base, 64, byte_tables(weight), bias)
+    for e in range(2):
+        rows = signs[e][signs[e, :, 127] > 0]
+        np.testing.assert_allclose(pooled[e], (rows @ weight.T + bias).max(0), atol=1e-4)
+    assert not pooled[2].any()
+    with pytest.raises(ValueError, match="tables must be float32"):
+        max_pool_records(memory, np.arange(3), base, 64, byte_tables(weight), bias[:4])
+    with pytest.raises(ValueError, match="weight must be"):
+        byte_tables(weight[:, :64])
+
+
+def test_a_max_pooling_runtime_reads_as_training_does(tmp_path):
+    base = world_models.load("pusht-tiny", backend="numba").config
+    torch.manual_seed(1)
+    memory = EpisodicMemory(EpisodicConfig(latent_dim=base.latent_dim, channels=CHANNELS, pooling="max"))
+    with torch.no_grad():
+        for head in (memory.chunk_head, memory.read_chunk):
+            head.weight.normal_(0, 0.5)
+    save_episodic(tmp_path / "max", memory, conditioned_predictor(base, 3, CHANNELS, seed=0), "pusht-tiny")
+    model = world_models.load(tmp_path / "max")
+    assert json.loads((tmp_path / "max" / "config.json").read_text())["memory"]["pooling"] == "max"
+    z, a = _episode(2)
+    want = memory.eval().readout(torch.from_numpy(hard_reads(memory, z, a))).detach().numpy()
+    store, got = model.new_memory(1), []
+    for t in range(len(z)):
+        got.append(model.read(store, [0], z[max(t - 1, 0)][None], z[t][None])[0])
+        if t < len(z) - 1:
+            model.observe(store, [0], z[t][None], a[t][None], z[t + 1][None])
+    np.testing.assert_allclose(np.array(got), want, atol=1e-5)
+    assert np.unique(store.writes.nonzero()[1]).size > 1 and np.abs(np.array(got) - got[0]).max() > 1e-3
+
+
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_runtime_reads_and_predicts_as_training_does(episodic_folder, backend):
     folder, memory, predictor = episodic_folder
@@ -170,4 +217,9 @@ def test_bad_episodic_folders_and_backends_are_named(episodic_folder, tmp_path):
     config["memory"]["chunks"] = 7
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(LeWorldError, match=r"config\.json: 'memory'"):
+        world_models.load(broken)
+    config["memory"].pop("chunks")
+    config["memory"]["pooling"] = "mean"
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LeWorldError, match=r"config\.json: 'memory': pooling must be one of attention, max"):
         world_models.load(broken)

@@ -16,6 +16,11 @@ flag (bit 127), so an empty record (all zeros) is told apart from any written on
   (softmax of query . key(record bits)) into a 128-bit mixture; a linear readout maps it to
   :attr:`EpisodicConfig.channels` channels, which the predictor takes beside the action
   (:mod:`world_models.memory.conditioned`). A chunk with nothing written reads as zeros.
+  With ``pooling="max"`` the chunk's written records are pooled instead by the elementwise max of a
+  linear projection (``pool_dim`` outputs, :attr:`EpisodicMemory.pool_proj`) and the readout maps that:
+  a max answers "did any record show X" (a glide seen once, a block that stopped dead), which a
+  softmax over 64 records dilutes (measured on delayed glide: the damping readable at the second
+  release 92-95 % against 79-86 %, docs/results.md).
 
 In training the record bits are straight-through signs (hard forward, identity gradient), and the
 write and read chunks straight-through one-hots (hard forward, softmax gradient), so training reads
@@ -44,6 +49,7 @@ CHUNKS = 256
 KEY_SIDE = 16  # a chunk is a product key: high nibble x low nibble, 16 x 16 = 256
 CHUNK_RECORDS = 64
 CHUNK_WORDS = CHUNK_RECORDS * RECORD_WORDS  # 256
+POOLINGS = ("attention", "max")
 assert CHUNKS * CHUNK_WORDS == bitmem.WORDS
 
 
@@ -59,6 +65,9 @@ class EpisodicConfig:
         channels: readout channels the predictor takes beside the action.
         recon_weight: weight of the records' reconstruction of z_{t+1} - z_t.
         read_bias: initial logit of chunk 0 for writes and reads (where every record starts).
+        pooling: how a read pools its chunk's records: ``"attention"`` (softmax of a query against
+            the records' keys, the 128-bit mixture) or ``"max"`` (the max of a projection of them).
+        pool_dim: the projection's width with ``pooling="max"``.
     """
 
     latent_dim: int = 64
@@ -68,6 +77,19 @@ class EpisodicConfig:
     channels: int = 4
     recon_weight: float = 0.1
     read_bias: float = 6.0
+    pooling: str = "attention"
+    pool_dim: int = 32
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pool_dim < 1:
+            raise ValueError(f"pool_dim must be >= 1, got {self.pool_dim}")
+
+    @property
+    def pooled_width(self) -> int:
+        """Width of what a read pools (the readout's input): 128 bits mixed, or ``pool_dim`` maxima."""
+        return self.pool_dim if self.pooling == "max" else RECORD_BITS
 
 
 def st_sign(logits: torch.Tensor) -> torch.Tensor:
@@ -101,9 +123,12 @@ class EpisodicMemory(nn.Module):
         self.record_head = nn.Linear(cfg.hidden, RECORD_BITS - 1)
         self.chunk_head = nn.Linear(cfg.hidden, 2 * KEY_SIDE)
         self.read_chunk = nn.Linear(2 * d, 2 * KEY_SIDE)
-        self.read_query = nn.Linear(2 * d, cfg.attention_dim)
-        self.key = nn.Linear(RECORD_BITS, cfg.attention_dim)
-        self.readout = nn.Linear(RECORD_BITS, cfg.channels)
+        if cfg.pooling == "max":
+            self.pool_proj = nn.Linear(RECORD_BITS, cfg.pool_dim)
+        else:
+            self.read_query = nn.Linear(2 * d, cfg.attention_dim)
+            self.key = nn.Linear(RECORD_BITS, cfg.attention_dim)
+        self.readout = nn.Linear(cfg.pooled_width, cfg.channels)
         self.recon = nn.Linear(RECORD_BITS - 1, d)
         with torch.no_grad():  # every write and read starts at chunk 0
             for layer in (self.chunk_head, self.read_chunk):
@@ -124,10 +149,11 @@ class EpisodicMemory(nn.Module):
 
     def reads(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For every frame of z (B, L, D), from [z_t, z_t - z_{t-1}] (no motion at frame 0): the read
-        chunk logits (B, L, 256) and the attention query (B, L, attention_dim)."""
+        chunk logits (B, L, 256) and the attention query (B, L, attention_dim; width 0 with max pooling)."""
         motion = torch.cat([torch.zeros_like(z[:, :1]), z[:, 1:] - z[:, :-1]], dim=1)
         x = torch.cat([z, motion], dim=-1)
-        return chunk_logits(self.read_chunk(x)), self.read_query(x)
+        query = z[..., :0] if self.cfg.pooling == "max" else self.read_query(x)
+        return chunk_logits(self.read_chunk(x)), query
 
     def scores(self, query: torch.Tensor, record: torch.Tensor) -> torch.Tensor:
         """Attention scores query (..., L, A) . key(record) (..., S, A) / sqrt(A): (..., L, S)."""
@@ -151,12 +177,14 @@ def present(chunks: torch.Tensor) -> torch.Tensor:
 def soft_readout(
     memory: EpisodicMemory, record: torch.Tensor, chunks: torch.Tensor, read_weights: torch.Tensor, query: torch.Tensor
 ) -> torch.Tensor:
-    """The differentiable read at every frame: (B, L, 128) = sum over chunks c of read_weights (B, L, 256)
-    at c times chunk c's attention-pooled records (0 for a chunk with none). Training passes the
+    """The differentiable read at every frame: (B, L, pooled width) = sum over chunks c of read_weights
+    (B, L, 256) at c times chunk c's pooled records (0 for a chunk with none). Training passes the
     straight-through one-hot of the read logits (the hard read forward); the softmax gives the fully
     soft read the ablation compares with."""
-    scores = memory.scores(query, record)  # (B, L, n)
     mask = present(chunks)
+    if memory.cfg.pooling == "max":
+        return _max_readout(memory, record, chunks, read_weights, mask)
+    scores = memory.scores(query, record)  # (B, L, n)
     scores = torch.where(mask, scores, -torch.inf)
     top = scores.amax(-1, keepdim=True).clamp_min(-1e30).detach()
     weights = torch.where(mask, torch.exp(scores - top), 0.0)  # (B, L, n)
@@ -164,6 +192,30 @@ def soft_readout(
     ratio = torch.where(per_chunk > 0, read_weights / per_chunk.clamp_min(1e-30), 0.0)
     alpha = weights * torch.einsum("btc,bsc->bts", ratio, chunks)
     return alpha @ record
+
+
+def _max_readout(
+    memory: EpisodicMemory, record: torch.Tensor, chunks: torch.Tensor, read_weights: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """:func:`soft_readout` with max pooling. Per chunk c that some record went to: the max over its
+    present records s of ``pool_proj(record_s) * chunks[s, c]`` (the one-hot is 1 forward, so the
+    forward is the plain max; backward it carries the write chunks' softmax gradient), weighted by
+    read_weights at c. Chunks an episode never wrote read 0, so only each episode's written chunks are
+    computed: slot k holds every episode's k-th distinct chunk (an episode writes to a few)."""
+    feats = memory.pool_proj(record)  # (B, n, P)
+    hard = chunks.detach().argmax(-1)  # (B, n)
+    written = [torch.unique(row) for row in hard]
+    out = torch.zeros(*mask.shape[:2], feats.shape[-1], dtype=feats.dtype)
+    for k in range(max(len(w) for w in written)):
+        chunk = torch.tensor([int(w[k]) if k < len(w) else -1 for w in written])  # (B,), -1: none left
+        own = hard == chunk[:, None]  # (B, n)
+        inside = mask & own[:, None, :]  # (B, L, n)
+        one_hot = chunks.gather(-1, chunk.clamp_min(0)[:, None, None].expand(-1, chunks.shape[1], 1))  # (B, n, 1)
+        top = torch.where(inside[..., None], (feats * one_hot)[:, None], -torch.inf).amax(2)  # (B, L, P)
+        top = torch.where(inside.any(-1, keepdim=True), top, 0.0)
+        weight = read_weights.gather(-1, chunk.clamp_min(0)[:, None, None].expand(-1, read_weights.shape[1], 1))
+        out = out + weight * top
+    return out
 
 
 # ---------------------------------------------------------------- the hard path, on the bit memory
@@ -204,11 +256,15 @@ class BitMemory:
 
 @torch.no_grad()
 def pool(memory: EpisodicMemory, records: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Attention pooling of each env's chunk records [E, 64, 128] with its query [E, A]: the 128-bit
-    mixture [E, 128] over the written records (0 where the chunk holds none)."""
+    """Pooling of each env's chunk records [E, 64, 128] (its query [E, A] with attention): attention's
+    128-bit mixture or max pooling's maxima [E, pooled width] over the written records (0 where the
+    chunk holds none)."""
     r = torch.from_numpy(records)
-    scores = memory.scores(torch.from_numpy(query)[:, None], r)[:, 0]  # (E, 64)
     written = r[..., -1] > 0
+    if memory.cfg.pooling == "max":
+        top = torch.where(written[..., None], memory.pool_proj(r), -torch.inf).amax(1)
+        return torch.where(written.any(-1, keepdim=True), top, 0.0).numpy()
+    scores = memory.scores(torch.from_numpy(query)[:, None], r)[:, 0]  # (E, 64)
     weights = torch.softmax(torch.where(written, scores, -torch.inf), dim=-1).nan_to_num(0.0)
     return (weights[:, None] @ r)[:, 0].numpy()
 
@@ -221,8 +277,8 @@ def hard_reads(
     lengths: np.ndarray | None = None,
     z_query: np.ndarray | None = None,
 ) -> np.ndarray:
-    """E episodes at once, frame by frame on a :class:`BitMemory` of E envs: the pooled record each reads
-    at every frame t, after the writes of its transitions 0 .. t - 1: [E, L, 128] (0 for an empty chunk).
+    """E episodes at once, frame by frame on a :class:`BitMemory` of E envs: what each read pools at every
+    frame t, after the writes of its transitions 0 .. t - 1: [E, L, pooled width] (0 for an empty chunk).
 
     Args:
         z, a: [E, L, D] and [E, L, A] (or one episode [L, D], [L, A]), padded to L frames.
@@ -241,7 +297,7 @@ def hard_reads(
     read_logits, query = memory.reads(torch.from_numpy(np.ascontiguousarray(z_query, np.float32)))
     read_chunks, query = read_logits.argmax(-1).numpy(), query.numpy()
     store = BitMemory(num)
-    out = np.empty((num, frames, RECORD_BITS), np.float32)
+    out = np.empty((num, frames, memory.cfg.pooled_width), np.float32)
     for t in range(frames):
         if t > 0:
             store.write(chunks[:, t - 1], record[:, t - 1], mask=t <= lengths - 1)

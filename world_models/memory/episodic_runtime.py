@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from numba_kernels.linear import GELU, QLinear
-from numba_kernels.records import pool_records
+from numba_kernels.records import byte_tables, max_pool_records, pool_records
 from world_models.config import ModelConfig
 from world_models.errors import ArgumentError, LeWorldError
 from world_models.files import atomic_write_bytes, read_safetensors
@@ -53,7 +53,8 @@ KIND = "episodic"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 BACKENDS = ("numba", "torch")
-MEMORY_LINEARS = ("write.0", "record_head", "chunk_head", "read_chunk", "read_query", "readout")
+MEMORY_LINEARS = ("write.0", "record_head", "chunk_head", "read_chunk", "readout")  # and the pooling's:
+POOLING_LINEARS = {"attention": ("read_query",), "max": ()}
 
 
 def is_episodic_folder(path: str | Path) -> bool:
@@ -103,7 +104,11 @@ def read_episodic_config(folder: Path) -> tuple[dict[str, Any], EpisodicConfig, 
         raise LeWorldError(f"{source}: 'history' must be a positive integer, got {history!r}")
     if not isinstance(config.get("encoder_model"), str):
         raise LeWorldError(f"{source}: no 'encoder_model' (the LeWM model whose latents it uses)")
-    return config, EpisodicConfig(**given), history
+    try:
+        memory_cfg = EpisodicConfig(**given)
+    except (TypeError, ValueError) as error:
+        raise LeWorldError(f"{source}: 'memory': {error}") from None
+    return config, memory_cfg, history
 
 
 class EpisodicRuntime(WorldModel):
@@ -143,9 +148,14 @@ class EpisodicRuntime(WorldModel):
         memory = EpisodicMemory(self.memory_cfg)
         load_state_checked(memory, _strip(tensors, "memory."), self.path / MODEL_FILE)
         state = {k: v.numpy() for k, v in memory.state_dict().items()}
-        self.nets = {n: QLinear.from_float(state[f"{n}.weight"], state[f"{n}.bias"], "f32") for n in MEMORY_LINEARS}
-        self.attention_scale = 1.0 / self.memory_cfg.attention_dim**0.5
-        self.key_weight = np.ascontiguousarray(state["key.weight"], np.float32)  # [attention_dim, 128]
+        linears = (*MEMORY_LINEARS, *POOLING_LINEARS[self.memory_cfg.pooling])
+        self.nets = {n: QLinear.from_float(state[f"{n}.weight"], state[f"{n}.bias"], "f32") for n in linears}
+        if self.memory_cfg.pooling == "max":
+            self.pool_tables = byte_tables(state["pool_proj.weight"])  # [16, 256, pool_dim]
+            self.pool_bias = np.ascontiguousarray(state["pool_proj.bias"], np.float32)
+        else:
+            self.attention_scale = 1.0 / self.memory_cfg.attention_dim**0.5
+            self.key_weight = np.ascontiguousarray(state["key.weight"], np.float32)  # [attention_dim, 128]
         predictor_cfg = dataclasses.replace(base, history=history, action_dim=2 + self.channels)
         predictor_state = _strip(tensors, "predictor.")
         if backend == "torch":
@@ -155,7 +165,7 @@ class EpisodicRuntime(WorldModel):
             self.engine = None
         else:
             self.engine = _numba_predictor(encoder, predictor_cfg, predictor_state, self.path)
-        self._empty_readout = self.nets["readout"](np.zeros((1, RECORD_BITS), np.float32))[0]
+        self._empty_readout = self.nets["readout"](np.zeros((1, self.memory_cfg.pooled_width), np.float32))[0]
 
     # ------------------------------------------------------------------ the memory an env owns
     def new_memory(self, num_envs: int) -> BitMemory:
@@ -184,6 +194,11 @@ class EpisodicRuntime(WorldModel):
         z, z_prev = self._rows("z", z), self._rows("z_prev", z_prev)
         x = np.concatenate([z, z - z_prev], axis=1)
         chunks = chunk_logits(self.nets["read_chunk"](x)).argmax(1)  # the high byte of the address
+        if self.memory_cfg.pooling == "max":
+            pooled = max_pool_records(
+                memory.words, envs, chunks * CHUNK_WORDS, CHUNK_RECORDS, self.pool_tables, self.pool_bias
+            )
+            return self.nets["readout"](pooled)
         # query . key(r) = (W_key^T query) . r + query . b_key; the second term is the same for every
         # record of a read, so the softmax drops it: one [128] vector per read instead of a key per record
         query = self.nets["read_query"](x) @ self.key_weight * self.attention_scale
