@@ -19,8 +19,8 @@ flag (bit 127), so an empty record (all zeros) is told apart from any written on
   With ``pooling="max"`` the chunk's written records are pooled instead by the elementwise max of a
   linear projection (``pool_dim`` outputs, :attr:`EpisodicMemory.pool_proj`) and the readout maps that:
   a max answers "did any record show X" (a glide seen once, a block that stopped dead), which a
-  softmax over 64 records dilutes (measured on delayed glide: the damping readable at the second
-  release 92-95 % against 79-86 %, docs/results.md).
+  softmax over 64 records dilutes (measured on delayed glide, 3 seeds: the damping readable at the
+  second release 86 % against attention's 80 %, with no gain in prediction; docs/results.md).
 
 In training the record bits are straight-through signs (hard forward, identity gradient), and the
 write and read chunks straight-through one-hots (hard forward, softmax gradient), so training reads
