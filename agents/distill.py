@@ -550,13 +550,7 @@ def fit_student(
         valid[:] = False
     x, y, xv, yv = x_all[~valid], y_all[~valid], x_all[valid], y_all[valid]
     torch.manual_seed(seed)
-    sizes = [x.shape[1], *hidden, y.shape[1]]
-    modules: list[torch.nn.Module] = []
-    for i in range(len(sizes) - 1):
-        modules.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            modules.append(torch.nn.GELU(approximate="tanh"))
-    net = torch.nn.Sequential(*modules)
+    net = torch_mlp([x.shape[1], *hidden, y.shape[1]])
     planning_cost = planning_cost_fn(world_model, action_mean, action_std, horizon) if cost_weight > 0 else None
     fit_rows = ~valid.numpy()
     cost_z, cost_a, cost_g = (
@@ -591,13 +585,42 @@ def fit_student(
             if log is not None:
                 for name, value in losses.items():
                     log.add_scalar(f"distill/{name}_loss", value, step)
+    student = DistilledPlanner(world_model, mlp_weights(net), horizon, None, action_mean, action_std)
+    return student, losses
+
+
+def torch_mlp(sizes: list[int], layers: list[tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
+    """The student's network as a torch ``Sequential`` (Linear layers of ``sizes``, tanh-form GELU between
+    them), initialised with ``layers`` ((weight, bias) pairs, as :attr:`DistilledPlanner.layers`) when given."""
+    import torch
+
+    modules: list[torch.nn.Module] = []
+    for i in range(len(sizes) - 1):
+        modules.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            modules.append(torch.nn.GELU(approximate="tanh"))
+    net = torch.nn.Sequential(*modules)
+    if layers is not None:
+        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+        if [tuple(layer.weight.shape) for layer in linears] != [tuple(w.shape) for w, _ in layers]:
+            raise ArgumentError(f"layers {[w.shape for w, _ in layers]} do not fit sizes {sizes}")
+        with torch.no_grad():
+            for layer, (weight, bias) in zip(linears, layers, strict=True):
+                layer.weight.copy_(torch.from_numpy(np.asarray(weight, np.float32)))
+                layer.bias.copy_(torch.from_numpy(np.asarray(bias, np.float32)))
+    return net
+
+
+def mlp_weights(net: Any) -> dict[str, np.ndarray]:
+    """A :func:`torch_mlp`'s weights as the student's ``layer{i}.weight`` / ``layer{i}.bias`` float32 arrays."""
+    import torch
+
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     weights = {}
     for i, layer in enumerate(linears):
         weights[f"layer{i}.weight"] = layer.weight.detach().numpy().copy()
         weights[f"layer{i}.bias"] = layer.bias.detach().numpy().copy()
-    student = DistilledPlanner(world_model, weights, horizon, None, action_mean, action_std)
-    return student, losses
+    return weights
 
 
 def planning_cost_fn(world_model: WorldModel, action_mean: Any, action_std: Any, horizon: int) -> Any:
@@ -632,16 +655,16 @@ def planning_cost_fn(world_model: WorldModel, action_mean: Any, action_std: Any,
 TRAIN_BANK_FILE = "train_starts.safetensors"
 
 
-def training_bank(out: Path, episodes: int, seed: int) -> Any:
+def training_bank(out: Path, episodes: int, seed: int, stride: int = 10) -> Any:
     """The training bank of (start, goal) pairs kept in ``OUT/train_starts.safetensors``: read when it is
     there (a rerun reuses it), else collected from ``episodes`` real noisy-expert episodes of ``seed``
-    (never the evaluation bank's) and written."""
+    (never the evaluation bank's), a pair every ``stride`` steps, and written."""
     from leworld_env.envs.starts import build_start_bank, load_start_bank, save_start_bank
 
     path = Path(out) / TRAIN_BANK_FILE
     if path.is_file():
         return load_start_bank(path)
-    bank, meta = build_start_bank(episodes=episodes, seed=seed, policy="noisy-expert")
+    bank, meta = build_start_bank(episodes=episodes, seed=seed, policy="noisy-expert", stride=stride)
     save_start_bank(path, bank, meta)
     return bank
 

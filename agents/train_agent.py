@@ -44,7 +44,7 @@ from world_models.errors import LeWorldError
 from world_models.signals import sigterm_as_ctrl_c
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
-ALGOS = ("ppo", "sac", "her-sac", "distill", "ppo-plan")
+ALGOS = ("ppo", "sac", "her-sac", "distill", "refit", "ppo-plan")
 ENV_ID = "LeWorld-PushT-v0"
 CHECKPOINT = re.compile(r"^agent_(\d+)_steps$")
 
@@ -238,10 +238,26 @@ PLAN_PPO_FIELDS: dict[str, Check] = {
 }
 
 
+# The distilled planner refit by the planner's cost (agents.refit.RefitConfig's fields).
+REFIT_FIELDS: dict[str, Check] = {
+    "student": PLAN_PPO_FIELDS["student"],
+    "bank_episodes": _integer(1),
+    "bank_seed": _integer(0),
+    "stride": _integer(1),
+    "steps": _integer(1),
+    "batch_size": _integer(1),
+    "learning_rate": _number(0, low_open=True),
+    "refresh": _integer(1),
+    "held_fraction": ("a number in (0, 1)", lambda v: _number(0, 1)[1](v) and 0 < v < 1),
+}
+
+
 def algorithm_fields(algo: str) -> dict[str, Check]:
     """Every field an ``algo`` YAML entry may have, with what it must be."""
     if algo == "distill":
         return DISTILL_FIELDS
+    if algo == "refit":
+        return REFIT_FIELDS
     if algo == "ppo-plan":
         return PLAN_PPO_FIELDS
     return {**COMMON_FIELDS, **(PPO_FIELDS if algo == "ppo" else SAC_FIELDS)}
@@ -531,6 +547,8 @@ def train_agent(config: TrainAgentConfig) -> Path:
         return _distill(config)
     if config.algo == "ppo-plan":
         return _plan_ppo(config)
+    if config.algo == "refit":
+        return _refit(config)
     plan = _plan(config)
     checkpoint = check_output(config)
     out = Path(config.out)
@@ -558,6 +576,28 @@ def _distill(config: TrainAgentConfig) -> Path:
         **params,
     )
     return _recipe_run(config, "distill-run", lambda: distill(recipe), reuse=config.resume)
+
+
+def _refit(config: TrainAgentConfig) -> Path:
+    """``--algo refit``: the distilled planner refit by the planner's cost through the model (:mod:`agents.refit`)."""
+    from agents.refit import RefitConfig, refit
+
+    if config.resume:
+        raise LeWorldError("--algo refit keeps no checkpoints (a run takes ~20 min): start it again with --overwrite")
+    if config.timesteps is not None or config.n_envs is not None:
+        raise LeWorldError("--timesteps and --envs are PPO/SAC's; a refit's size is the YAML's steps")
+    params = load_hyperparams("refit", config.hyperparams)
+    recipe = RefitConfig(
+        out=Path(config.out),
+        model=config.model,
+        backend=config.backend,
+        seed=config.seed,
+        eval_every=config.eval_every,
+        eval_episodes=config.eval_episodes,
+        progress=config.progress,
+        **params,
+    )
+    return _recipe_run(config, "refit-run", lambda: refit(recipe))
 
 
 def _plan_ppo(config: TrainAgentConfig) -> Path:

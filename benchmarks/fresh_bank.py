@@ -1,10 +1,11 @@
 """CEM and the distilled planner on a fresh evaluation bank (seed 4242, never used to choose anything),
 so the distilled planner's success is checked without the selection on the shipped bank's episodes.
 
-    python benchmarks/fresh_bank.py shipped,old,mlp,cem 200   # agents, comma-separated; episodes
+    python benchmarks/fresh_bank.py shipped,old,mlp,cem 200 [FOLDER]  # agents, comma-separated; episodes
 
 ``shipped``: the distilled planner as shipped; ``old``: its session-15 refinement (5 x 32, white);
-``mlp``: the MLP alone; ``cem``: CEM 300 x 30 on LeWM's schedule. The bank is written to
+``mlp``: the MLP alone; ``cem``: CEM 300 x 30 on LeWM's schedule. ``FOLDER``: another distilled
+planner folder instead of the shipped one (its MLP; ``shipped`` then runs it with the shipped refinement). The bank is written to
 ``runs/s16/fresh_starts.safetensors`` once and reused; each agent prints one JSON line.
 """
 
@@ -37,11 +38,14 @@ def make_eval_env(*args, **kwargs):
 ev.make_eval_env = make_eval_env
 wm = world_models.load("pusht-tiny")
 episodes = min(int(sys.argv[2]), len(fresh))
+folder = Path(sys.argv[3]) if len(sys.argv) > 3 else shipped_distilled()
+shipped_refinement = load_distilled(shipped_distilled(), wm).refinement
 for which in sys.argv[1].split(","):
     if which == "cem":
         agent = make_planner("cem", wm, replan_every=5)
     else:
-        agent = load_distilled(shipped_distilled(), wm)
+        agent = load_distilled(folder, wm)
+        agent.refinement = shipped_refinement
         if which == "old":
             agent.refinement = Refinement(5, 32, 4, 0.2, plans=1)
         elif which == "mlp":
@@ -52,6 +56,7 @@ for which in sys.argv[1].split(","):
         json.dumps(
             {
                 "agent": which,
+                "folder": str(folder),
                 "bank": len(fresh),
                 "episodes": episodes,
                 "success": res.success_rate,

@@ -24,7 +24,7 @@ from world_models.errors import ArgumentError, LeWorldError
 from world_models.files import atomic_write_bytes
 
 MARKER = ".leworld.json"
-KINDS = ("dataset", "train-run", "agent-run", "distill-run", "ppo-plan-run")
+KINDS = ("dataset", "train-run", "agent-run", "distill-run", "refit-run", "ppo-plan-run")
 
 
 def write_marker(folder: Path, kind: str) -> None:

@@ -447,7 +447,9 @@ def add_train_agent(sub: argparse._SubParsersAction) -> None:
             "(DAgger in the dream, agents/hyperparams/distill.yml; labels per round in OUT, reused by a rerun or "
             "--resume; the student in OUT/model, which leworld eval --agent OUT/model reads). --algo ppo-plan "
             "trains that student further with PPO in the dream, one plan an action (agents/hyperparams/ppo-plan.yml; "
-            "OUT/model is again a distilled planner folder)."
+            "OUT/model is again a distilled planner folder). --algo refit refits that student by the planner's cost "
+            "through the model on a larger bank of real starts (agents/hyperparams/refit.yml; --eval-every counts "
+            "its steps; OUT/model a distilled planner folder)."
         ),
     )
     p.add_argument(
@@ -455,6 +457,7 @@ def add_train_agent(sub: argparse._SubParsersAction) -> None:
         choices=list(ALGOS),
         default="ppo",
         help="algorithm (ppo); distill: CEM distilled into a planner network (agents/hyperparams/distill.yml); "
+        "refit: that network refit by the planner's cost through the model; "
         "ppo-plan: PPO started from that network, a whole plan an action",
     )
     p.add_argument("--timesteps", type=positive_int, help="environment steps (default: the YAML's n_timesteps)")
