@@ -5,8 +5,9 @@ so the distilled planner's success is checked without the selection on the shipp
 
 ``shipped``: the distilled planner as shipped; ``old``: its session-15 refinement (5 x 32, white);
 ``mlp``: the MLP alone; ``cem``: CEM 300 x 30 on LeWM's schedule. ``FOLDER``: another distilled
-planner folder instead of the shipped one (its MLP; ``shipped`` then runs it with the shipped refinement). The bank is written to
-``runs/s16/fresh_starts.safetensors`` once and reused; each agent prints one JSON line.
+planner folder instead of the shipped one (its MLP; ``shipped`` then runs it with the shipped
+refinement). The bank is written to ``runs/s16/fresh_starts.safetensors`` once and reused; each agent
+prints one JSON line.
 """
 
 import json
