@@ -23,6 +23,10 @@ bank ten times larger, and with states that follow the student:
    ``refit/real_success_rate`` (the MLP alone on ``eval_episodes`` real-twin episodes of the strict
    LeWM test, eval seed 10,000 + ``seed``: not the reported ones), also at the start and the end.
 
+With ``student: fresh`` the same loop trains a new MLP from torch's initialisation: no CEM plan is
+used anywhere, and the result is a policy trained only in the dream by the model's gradient (a
+model-based actor, as Dreamer's with the critic replaced by the one-plan cost).
+
 ``leworld train-agent --algo refit`` (``agents/hyperparams/refit.yml``) runs it; results in
 docs/results.md.
 """
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ import numpy as np
 from agents.distill import (
     DistilledPlanner,
     dream_states,
+    feature_width,
     load_distilled,
     mlp_weights,
     plan_features,
@@ -50,6 +55,7 @@ from agents.distill import (
     torch_mlp,
     training_bank,
 )
+from agents.planning import data_action_stats
 from world_models.errors import ArgumentError
 from world_models.files import atomic_write_bytes
 from world_models.interface import WorldModel
@@ -64,7 +70,10 @@ class RefitConfig:
     model: str = "pusht-tiny"
     backend: str | None = None
     seed: int = 0
-    student: str = "distilled"  # the planner refit: "distilled" (shipped beside the model) or a folder
+    student: str = "distilled"  # the planner refit: "distilled" (shipped beside the model), a folder, or
+    # "fresh": a new MLP of `hidden` widths planning `horizon` actions (no CEM labels anywhere)
+    hidden: list[int] = field(default_factory=lambda: [512, 512, 512])  # "fresh" only
+    horizon: int = 5  # "fresh" only (its schedule: the whole plan, as CEM's under LeWM's protocol)
     bank_episodes: int = 400  # real noisy-expert episodes of bank_seed (the distillation's: 7000)
     bank_seed: int = 7000
     stride: int = 2  # a (start, goal) pair every `stride` steps of an episode
@@ -86,6 +95,35 @@ class _Pairs:
 
     def __len__(self) -> int:
         return len(self.start)
+
+
+def _weights(student: DistilledPlanner) -> dict[str, np.ndarray]:
+    out = {}
+    for i, (weight, bias) in enumerate(student.layers):
+        out[f"layer{i}.weight"], out[f"layer{i}.bias"] = weight, bias
+    return out
+
+
+def fresh_student(world_model: WorldModel, hidden: list[int], horizon: int, seed: int) -> DistilledPlanner:
+    """A new, untrained student for ``world_model``: an MLP of ``hidden`` widths (torch's default init under
+    ``seed``) planning ``horizon`` actions, standardised by the data's action statistics, replanning after
+    the whole plan, with no refinement."""
+    import torch
+
+    config = world_model.config
+    if not hidden or any(not isinstance(w, int) or w < 1 for w in hidden):
+        raise ArgumentError(f"refit hidden must be a list of layer widths >= 1, got {hidden!r}")
+    if not isinstance(horizon, int) or horizon < config.history:
+        raise ArgumentError(
+            f"refit horizon must be an integer >= the model's history ({config.history}), got {horizon!r}"
+        )
+    torch.manual_seed(seed)
+    width = feature_width(config.history, config.latent_dim, config.action_dim)
+    sizes = [width, *hidden, horizon * config.action_dim]
+    stats = data_action_stats(world_model)
+    mean, std = stats if stats is not None else (None, None)
+    return DistilledPlanner(world_model, mlp_weights(torch_mlp(sizes)), horizon, None, mean, std,
+                            info={"init": "fresh", "seed": seed})  # fmt: skip
 
 
 def with_second_plans(
@@ -205,8 +243,11 @@ def refit(config: RefitConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     wm = world_models.load(config.model, backend=config.backend)
-    source = shipped_distilled(config.model) if config.student == "distilled" else Path(config.student)
-    student = load_distilled(source, wm)
+    source = fresh_student(wm, config.hidden, config.horizon, config.seed) if config.student == "fresh" else None
+    if source is None:
+        source = shipped_distilled(config.model) if config.student == "distilled" else Path(config.student)
+    student = source if isinstance(source, DistilledPlanner) else load_distilled(source, wm)
+    origin = "fresh" if isinstance(source, DistilledPlanner) else str(source)
     bank = training_bank(out, config.bank_episodes, config.bank_seed, config.stride)
     log = SummaryWriter(str(out / "tb"))
     curve: list[dict[str, float]] = []
@@ -225,7 +266,8 @@ def refit(config: RefitConfig) -> Path:
             real_success(done, current())
 
     if evaluating:
-        real_success(0, load_distilled(source, wm))
+        real_success(0, DistilledPlanner(wm, dict(_weights(student)), student.horizon, student.replan_every,
+                                         student.action_mean, student.action_std))  # fmt: skip
     began = time.perf_counter()
     refit_planner, losses = refit_student(
         wm,
@@ -245,12 +287,12 @@ def refit(config: RefitConfig) -> Path:
     settings = {k: v for k, v in asdict(config).items() if k not in ("out", "progress")}
     refit_planner.info = {
         **student.info,
-        "refit": {"from": str(source), **settings, "pairs": len(bank), "losses": losses},
+        "refit": {"from": origin, **settings, "pairs": len(bank), "losses": losses},
     }
     final = save_distilled(refit_planner, out / "model")
     summary = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "source": str(source),
+        "source": origin,
         "pairs": len(bank),
         "losses": losses,
         "seconds": time.perf_counter() - began,

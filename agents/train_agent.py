@@ -240,7 +240,12 @@ PLAN_PPO_FIELDS: dict[str, Check] = {
 
 # The distilled planner refit by the planner's cost (agents.refit.RefitConfig's fields).
 REFIT_FIELDS: dict[str, Check] = {
-    "student": PLAN_PPO_FIELDS["student"],
+    "student": (
+        "'distilled' (shipped beside the model), a planner folder, or 'fresh' (a new MLP)",
+        lambda v: bool(v and isinstance(v, str)),
+    ),
+    "hidden": LAYER_WIDTHS,
+    "horizon": _integer(1),
     "bank_episodes": _integer(1),
     "bank_seed": _integer(0),
     "stride": _integer(1),

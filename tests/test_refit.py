@@ -127,3 +127,24 @@ def test_leworld_train_agent_refit_writes_a_planner_and_refuses_bad_input(tmp_pa
     result = run_cli("train-agent", "--algo", "refit", "--hyperparams", str(bad), "--out", str(tmp_path / "b"))
     assert_one_line_error(result, str(bad), "'held_fraction'", "(0, 1)")
     assert_one_line_error(run_cli(*args, "--resume"), "--algo refit keeps no checkpoints")
+
+
+def test_a_fresh_student_is_untrained_and_the_refit_teaches_it(wm):
+    """``student: fresh``: a new MLP of the asked widths with the data's action statistics, which a short
+    refit improves on its own states; bad widths and horizons are named."""
+    from agents.refit import fresh_student
+
+    fresh = fresh_student(wm, [32, 32], 5, seed=0)
+    assert [w.shape[0] for w, _ in fresh.layers] == [32, 32, 10] and fresh.refinement is None
+    assert fresh.replan_every == 5 and fresh.info["init"] == "fresh"
+    again = fresh_student(wm, [32, 32], 5, seed=0)
+    assert all(np.array_equal(w, w0) for (w, _), (w0, _) in zip(fresh.layers, again.layers, strict=True))
+    bank = open_start_bank(wm)
+    trained, _ = refit_student(wm, fresh, _Pairs(bank, np.arange(40)), steps=30, batch_size=32,
+                               learning_rate=3e-3, refresh=10, progress=False)  # fmt: skip
+    states = with_second_plans(wm, fresh, dream_states(wm, _Pairs(bank, np.arange(36))))
+    assert _cost(wm, trained, states) < 0.9 * _cost(wm, fresh, states)
+    with pytest.raises(ArgumentError, match="hidden must be a list"):
+        fresh_student(wm, [], 5, seed=0)
+    with pytest.raises(ArgumentError, match="horizon must be an integer >= the model's history"):
+        fresh_student(wm, [8], 1, seed=0)
