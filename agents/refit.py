@@ -74,7 +74,7 @@ class RefitConfig:
     # "fresh": a new MLP of `hidden` widths planning `horizon` actions (no CEM labels anywhere)
     hidden: list[int] = field(default_factory=lambda: [512, 512, 512])  # "fresh" only
     horizon: int = 5  # "fresh" only (its schedule: the whole plan, as CEM's under LeWM's protocol)
-    bank_episodes: int = 400  # real noisy-expert episodes of bank_seed (the distillation's: 7000)
+    bank_episodes: int = 2000  # real noisy-expert episodes of bank_seed (the distillation's: 7000)
     bank_seed: int = 7000
     stride: int = 2  # a (start, goal) pair every `stride` steps of an episode
     steps: int = 4000
@@ -247,7 +247,7 @@ def refit(config: RefitConfig) -> Path:
     if source is None:
         source = shipped_distilled(config.model) if config.student == "distilled" else Path(config.student)
     student = source if isinstance(source, DistilledPlanner) else load_distilled(source, wm)
-    origin = "fresh" if isinstance(source, DistilledPlanner) else str(source)
+    origin = config.student if config.student in ("distilled", "fresh") else str(source)  # no machine's path
     bank = training_bank(out, config.bank_episodes, config.bank_seed, config.stride)
     log = SummaryWriter(str(out / "tb"))
     curve: list[dict[str, float]] = []
