@@ -98,6 +98,7 @@ class _Pairs:
 
 
 def _weights(student: DistilledPlanner) -> dict[str, np.ndarray]:
+    """The student's layers as the ``layer{i}.weight`` / ``layer{i}.bias`` mapping its constructor takes."""
     out = {}
     for i, (weight, bias) in enumerate(student.layers):
         out[f"layer{i}.weight"], out[f"layer{i}.bias"] = weight, bias
@@ -243,11 +244,12 @@ def refit(config: RefitConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     wm = world_models.load(config.model, backend=config.backend)
-    source = fresh_student(wm, config.hidden, config.horizon, config.seed) if config.student == "fresh" else None
-    if source is None:
-        source = shipped_distilled(config.model) if config.student == "distilled" else Path(config.student)
-    student = source if isinstance(source, DistilledPlanner) else load_distilled(source, wm)
-    origin = config.student if config.student in ("distilled", "fresh") else str(source)  # no machine's path
+    if config.student == "fresh":
+        student, origin = fresh_student(wm, config.hidden, config.horizon, config.seed), "fresh"
+    else:
+        path = shipped_distilled(config.model) if config.student == "distilled" else Path(config.student)
+        student = load_distilled(path, wm)
+        origin = "distilled" if config.student == "distilled" else str(path)  # not this machine's path
     bank = training_bank(out, config.bank_episodes, config.bank_seed, config.stride)
     log = SummaryWriter(str(out / "tb"))
     curve: list[dict[str, float]] = []
@@ -266,7 +268,7 @@ def refit(config: RefitConfig) -> Path:
             real_success(done, current())
 
     if evaluating:
-        real_success(0, DistilledPlanner(wm, dict(_weights(student)), student.horizon, student.replan_every,
+        real_success(0, DistilledPlanner(wm, _weights(student), student.horizon, student.replan_every,
                                          student.action_mean, student.action_std))  # fmt: skip
     began = time.perf_counter()
     refit_planner, losses = refit_student(
