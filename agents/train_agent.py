@@ -587,8 +587,6 @@ def _refit(config: TrainAgentConfig) -> Path:
     """``--algo refit``: the distilled planner refit by the planner's cost through the model (:mod:`agents.refit`)."""
     from agents.refit import RefitConfig, refit
 
-    if config.resume:
-        raise LeWorldError("--algo refit keeps no checkpoints (a run takes ~20 min): start it again with --overwrite")
     if config.timesteps is not None or config.n_envs is not None:
         raise LeWorldError("--timesteps and --envs are PPO/SAC's; a refit's size is the YAML's steps")
     params = load_hyperparams("refit", config.hyperparams)
@@ -602,7 +600,8 @@ def _refit(config: TrainAgentConfig) -> Path:
         progress=config.progress,
         **params,
     )
-    return _recipe_run(config, "refit-run", lambda: refit(recipe))
+    # --resume reuses OUT's training bank (its collection is half the run) and fits again from the source
+    return _recipe_run(config, "refit-run", lambda: refit(recipe), reuse=config.resume)
 
 
 def _plan_ppo(config: TrainAgentConfig) -> Path:

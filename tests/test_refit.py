@@ -112,7 +112,8 @@ def test_tiny_refit_run_writes_a_distilled_folder_and_logs_its_curves(wm, studen
 
 def test_leworld_train_agent_refit_writes_a_planner_and_refuses_bad_input(tmp_path):
     """``leworld train-agent --algo refit`` runs the YAML's recipe and writes a planner ``leworld eval
-    --agent`` reads; a bad field names the file, the field and what was expected; ``--resume`` is refused."""
+    --agent`` reads; a bad field names the file, the field and what was expected; a second run into the
+    same folder is refused unless ``--resume``, which reuses the folder's training bank."""
     import yaml
 
     from tests.conftest import run_cli
@@ -133,7 +134,11 @@ def test_leworld_train_agent_refit_writes_a_planner_and_refuses_bad_input(tmp_pa
     bad.write_text(yaml.safe_dump({"LeWorld-PushT-v0": {**tiny, "held_fraction": 1.5}}))
     result = run_cli("train-agent", "--algo", "refit", "--hyperparams", str(bad), "--out", str(tmp_path / "b"))
     assert_one_line_error(result, str(bad), "'held_fraction'", "(0, 1)")
-    assert_one_line_error(run_cli(*args, "--resume"), "--algo refit keeps no checkpoints")
+    assert_one_line_error(run_cli(*args, "--no-progress"), str(out))
+    bank = (out / "train_starts.safetensors").read_bytes()
+    again = run_cli(*args, "--resume", "--eval-episodes", "1", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert (out / "train_starts.safetensors").read_bytes() == bank and (out / "model" / "policy.json").is_file()
 
 
 def test_a_fresh_student_is_untrained_and_the_refit_teaches_it(wm):

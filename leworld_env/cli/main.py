@@ -449,7 +449,7 @@ def add_train_agent(sub: argparse._SubParsersAction) -> None:
             "trains that student further with PPO in the dream, one plan an action (agents/hyperparams/ppo-plan.yml; "
             "OUT/model is again a distilled planner folder). --algo refit refits that student by the planner's cost "
             "through the model on a larger bank of real starts (agents/hyperparams/refit.yml; --eval-every counts "
-            "its steps; OUT/model a distilled planner folder)."
+            "its steps; --resume reuses OUT's training bank and fits again; OUT/model a distilled planner folder)."
         ),
     )
     p.add_argument(
