@@ -54,8 +54,9 @@ def test_second_plan_states_are_where_the_first_plan_leads_in_the_dream(wm, stud
         np.testing.assert_array_equal(states["goal"][6:], starts["goal"])
     actions = student.to_env(student.plans(plan_features(starts["z"], starts["a"], starts["goal"])))
     _, z_next, reached = run_plan(wm, starts["z"], starts["a"], actions)
-    np.testing.assert_allclose(states["z"][6:], z_next, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(states["a"][6:], reached)
+    # batches of 4 against one of 6: BLAS may round differently by batch size (and thread count)
+    np.testing.assert_allclose(states["a"][6:], reached, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(states["z"][6:], z_next, rtol=1e-4, atol=1e-4)
 
 
 def test_refit_lowers_the_planning_cost_of_the_students_plans(wm, student):
