@@ -486,8 +486,8 @@ def dream_states(
     world_model: WorldModel, bank: Any, student: DistilledPlanner | None = None, batch: int = 256
 ) -> dict[str, np.ndarray]:
     """Planning states without labels, for the cost term: every bank pair's start (its frame's latent
-    repeated, zero actions: how an episode starts) and, with a ``student``, the state its first plan
-    reaches in the dream (the latent history after ``horizon`` steps and the actions in it)."""
+    repeated, zero actions: how an episode starts) and, with a ``student``, after them the states its
+    first plan reaches in the dream (:func:`with_second_plans`)."""
     from leworld_env.envs.task import draw_frames
 
     config = world_model.config
@@ -497,16 +497,24 @@ def dream_states(
         rows = slice(first, first + batch)
         n = len(bank.start[rows])
         z_both = world_model.encode(draw_frames(np.concatenate([bank.start[rows], bank.goal[rows]]), config.image_size))
-        z0, goal = z_both[:n], z_both[n:]
-        z_hist = np.repeat(z0[:, None], h, axis=1)
-        a_hist = np.zeros((n, h, config.action_dim), np.float32)
-        out["z"].append(z_hist)
-        out["a"].append(a_hist)
-        out["goal"].append(goal)
-        if student is None:
-            continue
-        actions = student.to_env(student.plans(plan_features(z_hist, a_hist, goal)))
-        _, z_next, reached = run_plan(world_model, z_hist, a_hist, actions)
+        out["z"].append(np.repeat(z_both[:n, None], h, axis=1))
+        out["a"].append(np.zeros((n, h, config.action_dim), np.float32))
+        out["goal"].append(z_both[n:])
+    starts = {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
+    return starts if student is None else with_second_plans(world_model, student, starts)
+
+
+def with_second_plans(
+    world_model: WorldModel, student: DistilledPlanner, starts: dict[str, np.ndarray], batch: int = 1024
+) -> dict[str, np.ndarray]:
+    """Planning states ``starts`` (``z`` (N, H, D), ``a`` (N, H, A), ``goal`` (N, D)) and, after them, the
+    states ``student``'s first plan reaches from each in the dream (the latent history after ``horizon``
+    steps and the actions in it: what its second plan reads)."""
+    out: dict[str, list[np.ndarray]] = {k: [starts[k]] for k in ("z", "a", "goal")}
+    for first in range(0, len(starts["z"]), batch):
+        z, a, goal = (starts[k][first : first + batch] for k in ("z", "a", "goal"))
+        actions = student.to_env(student.plans(plan_features(z, a, goal)))
+        _, z_next, reached = run_plan(world_model, z, a, actions)
         out["z"].append(z_next)
         out["a"].append(reached)
         out["goal"].append(goal)

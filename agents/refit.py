@@ -18,8 +18,9 @@ bank ten times larger, and with states that follow the student:
    differentiable and the horizon one plan). AdamW, cosine schedule.
 3. **Out.** ``OUT/model``: a distilled planner folder with the student's refinement and horizon, so
    ``leworld eval --agent OUT/model`` and ``agents.load_policy`` read it as they read the student.
-   TensorBoard (``OUT/tb``): ``refit/fit_cost`` (the batch's), ``refit/held_cost`` (the held pairs'
-   starts and the source student's second-plan states: a fixed set) and, every ``eval_every`` steps,
+   TensorBoard (``OUT/tb``): ``refit/fit_cost`` (the batch's, every 100 steps), ``refit/held_cost``
+   (the held pairs' starts and the source student's second-plan states, a fixed set, every ``refresh``
+   steps) and, every ``eval_every`` steps,
    ``refit/real_success_rate`` (the MLP alone on ``eval_episodes`` real-twin episodes of the strict
    LeWM test, eval seed 10,000 + ``seed``: not the reported ones), also at the start and the end.
 
@@ -49,11 +50,11 @@ from agents.distill import (
     mlp_weights,
     plan_features,
     planning_cost_fn,
-    run_plan,
     save_distilled,
     shipped_distilled,
     torch_mlp,
     training_bank,
+    with_second_plans,
 )
 from agents.planning import data_action_stats
 from world_models.errors import ArgumentError
@@ -125,22 +126,6 @@ def fresh_student(world_model: WorldModel, hidden: list[int], horizon: int, seed
     mean, std = stats if stats is not None else (None, None)
     return DistilledPlanner(world_model, mlp_weights(torch_mlp(sizes)), horizon, None, mean, std,
                             info={"init": "fresh", "seed": seed})  # fmt: skip
-
-
-def with_second_plans(
-    world_model: WorldModel, student: DistilledPlanner, starts: dict[str, np.ndarray], batch: int = 1024
-) -> dict[str, np.ndarray]:
-    """Episode starts (``z``, ``a``, ``goal`` as :func:`agents.distill.dream_states` gives them) and, after
-    them, the states ``student``'s first plan reaches from each in the dream (what its second plan reads)."""
-    out: dict[str, list[np.ndarray]] = {k: [starts[k]] for k in ("z", "a", "goal")}
-    for first in range(0, len(starts["z"]), batch):
-        z, a, goal = (starts[k][first : first + batch] for k in ("z", "a", "goal"))
-        actions = student.to_env(student.plans(plan_features(z, a, goal)))
-        _, z_next, reached = run_plan(world_model, z, a, actions)
-        out["z"].append(z_next)
-        out["a"].append(reached)
-        out["goal"].append(goal)
-    return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
 
 
 def refit_student(
@@ -222,10 +207,12 @@ def refit_student(
         optimizer.step()
         schedule.step()
         losses["fit_cost"] = float(loss.detach())
-        if step % 100 == 0 or step == steps - 1:
+        last = step == steps - 1
+        if log is not None and (step % 100 == 0 or last):
+            log.add_scalar("refit/fit_cost", losses["fit_cost"], step)
+        if step % refresh == 0 or last:  # the held states are ~10 % of the bank's: a rollout of thousands
             losses["held_cost"] = held_cost()
             if log is not None:
-                log.add_scalar("refit/fit_cost", losses["fit_cost"], step)
                 log.add_scalar("refit/held_cost", losses["held_cost"], step)
         if on_step is not None:
             on_step(step, current)

@@ -571,15 +571,7 @@ def _distill(config: TrainAgentConfig) -> Path:
             "--timesteps and --envs are PPO/SAC's; a distillation's size is the YAML's episodes_per_round"
         )
     params = load_hyperparams("distill", config.hyperparams)
-    recipe = DistillConfig(
-        out=Path(config.out),
-        model=config.model,
-        backend=config.backend,
-        seed=config.seed,
-        workers=config.workers,
-        progress=config.progress,
-        **params,
-    )
+    recipe = DistillConfig(**_recipe_settings(config), workers=config.workers, **params)
     return _recipe_run(config, "distill-run", lambda: distill(recipe), reuse=config.resume)
 
 
@@ -590,16 +582,7 @@ def _refit(config: TrainAgentConfig) -> Path:
     if config.timesteps is not None or config.n_envs is not None:
         raise LeWorldError("--timesteps and --envs are PPO/SAC's; a refit's size is the YAML's steps")
     params = load_hyperparams("refit", config.hyperparams)
-    recipe = RefitConfig(
-        out=Path(config.out),
-        model=config.model,
-        backend=config.backend,
-        seed=config.seed,
-        eval_every=config.eval_every,
-        eval_episodes=config.eval_episodes,
-        progress=config.progress,
-        **params,
-    )
+    recipe = RefitConfig(**_recipe_settings(config, evaluations=True), **params)
     # --resume reuses OUT's training bank (its collection is half the run) and fits again from the source
     return _recipe_run(config, "refit-run", lambda: refit(recipe), reuse=config.resume)
 
@@ -616,17 +599,23 @@ def _plan_ppo(config: TrainAgentConfig) -> Path:
     for name, value in (("n_timesteps", config.timesteps), ("n_envs", config.n_envs)):
         if value is not None:
             params[name] = value
-    recipe = PlanPPOConfig(
-        out=Path(config.out),
-        model=config.model,
-        backend=config.backend,
-        seed=config.seed,
-        eval_every=config.eval_every,
-        eval_episodes=config.eval_episodes,
-        progress=config.progress,
-        **params,
-    )
+    recipe = PlanPPOConfig(**_recipe_settings(config, evaluations=True), **params)
     return _recipe_run(config, "ppo-plan-run", lambda: train_plan_ppo(recipe))
+
+
+def _recipe_settings(config: TrainAgentConfig, evaluations: bool = False) -> dict[str, Any]:
+    """What every non-SB3 recipe config takes from the command line (and, with ``evaluations``, its
+    real-twin evaluation schedule)."""
+    settings = {
+        "out": Path(config.out),
+        "model": config.model,
+        "backend": config.backend,
+        "seed": config.seed,
+        "progress": config.progress,
+    }
+    if evaluations:
+        settings |= {"eval_every": config.eval_every, "eval_episodes": config.eval_episodes}
+    return settings
 
 
 def _recipe_run(config: TrainAgentConfig, kind: str, run: Callable[[], Path], reuse: bool = False) -> Path:

@@ -9,8 +9,15 @@ import pytest
 import torch
 
 import world_models
-from agents.distill import dream_states, load_distilled, plan_features, planning_cost_fn, shipped_distilled
-from agents.refit import RefitConfig, refit, refit_student, with_second_plans
+from agents.distill import (
+    dream_states,
+    load_distilled,
+    plan_features,
+    planning_cost_fn,
+    shipped_distilled,
+    with_second_plans,
+)
+from agents.refit import RefitConfig, refit, refit_student
 from leworld_env.envs.starts import load_start_bank
 from leworld_env.envs.task import open_start_bank
 from world_models.errors import ArgumentError
